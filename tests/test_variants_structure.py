@@ -48,12 +48,30 @@ def test_dora_forward_equals_direct_formula(make_model, arch):
     targets = {"bert": ["query", "dense"], "gpt2": ["c_attn", "c_fc"]}[arch]  # incl. non-square, Conv1D
     model = lorabench.apply(make_model(arch), "dora", targets=targets, r=4, alpha=8)
     _perturb(model)
-    x = torch.randn(3, 5, 32)
     for name, layer in _layers(model).items():
         x_in = torch.randn(3, 5, layer.adapter.in_features)
         with torch.no_grad():
             torch.testing.assert_close(layer(x_in), _dora_reference(layer, x_in), atol=1e-5, rtol=1e-5, msg=name)
-    assert x.shape == (3, 5, 32)
+
+
+def test_dora_dropout_drops_only_the_adapter_input(bert):
+    # Official DoRA with dropout: y = W x + b + (m/n - 1) W x_d + (m/n) s B A x_d
+    model = lorabench.apply(bert, "dora", targets=["query"], r=4, dropout=0.5)
+    _perturb(model)
+    layer = next(iter(_layers(model).values())).train()
+    a = layer.adapter
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(7)
+    ours = layer(x)
+    torch.manual_seed(7)
+    x_d = torch.nn.functional.dropout(x, 0.5)
+    scale = a.magnitude / torch.linalg.vector_norm(layer.weight + a.scale * a.lora_B @ a.lora_A, dim=1)
+    W, b = layer.weight, layer.bias
+    ref = x @ W.T + b + (scale - 1) * (x_d @ W.T) + scale * a.scale * (x_d @ a.lora_A.T @ a.lora_B.T)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _dora_reference(layer, x), atol=1e-5, rtol=1e-5)
 
 
 def test_dora_norm_matches_direct_and_follows_base_weight_changes(bert):
@@ -63,8 +81,12 @@ def test_dora_norm_matches_direct_and_follows_base_weight_changes(bert):
         a = layer.adapter
         direct = torch.linalg.vector_norm(layer.weight + a.scale * a.lora_B @ a.lora_A, dim=1)
         torch.testing.assert_close(a.weight_norm(layer.weight), direct, atol=0, rtol=1e-5)
-        # ||W||^2 is cached; writing the frozen weight in place must invalidate it.
+        # A cached ||W||^2 must follow in-place writes to the frozen weight ...
         layer.set_weight(layer.weight * 2.0)
+        direct = torch.linalg.vector_norm(layer.weight + a.scale * a.lora_B @ a.lora_A, dim=1)
+        torch.testing.assert_close(a.weight_norm(layer.weight), direct, atol=0, rtol=1e-5)
+        # ... and replacing the weight tensor.
+        layer.base_layer.weight = torch.nn.Parameter(layer.weight.detach() * 0.5, requires_grad=False)
         direct = torch.linalg.vector_norm(layer.weight + a.scale * a.lora_B @ a.lora_A, dim=1)
         torch.testing.assert_close(a.weight_norm(layer.weight), direct, atol=0, rtol=1e-5)
 
@@ -74,9 +96,9 @@ def test_dora_norm_is_detached_from_the_graph(bert):
     _perturb(model)
     layer = next(iter(_layers(model).values()))
     a = layer.adapter
-    x = torch.randn(4, 6, 32)
+    x = torch.randn(4, 6, 32, requires_grad=True)
     g = torch.randn(4, 6, 32)
-    params = [a.magnitude, a.lora_A, a.lora_B]
+    params = [a.magnitude, a.lora_A, a.lora_B, x]
 
     ours = torch.autograd.grad((layer(x) * g).sum(), params)
     detached = torch.autograd.grad((_dora_reference(layer, x, True) * g).sum(), params)
@@ -85,6 +107,43 @@ def test_dora_norm_is_detached_from_the_graph(bert):
         torch.testing.assert_close(o, d, atol=1e-5, rtol=1e-4)
     # The check can fail: differentiating through the norm gives other gradients for A and B.
     assert not torch.allclose(ours[2], attached[2], atol=1e-5, rtol=1e-4)
+
+
+def test_dora_linear_backward_is_correct():
+    from lorabench.adapters.dora import _DoRALinear
+
+    def fn(x, W, bias, A, B, scale, s=0.7):
+        V = W.detach() + s * B.detach() @ A.detach()  # formed without grad, as forward does
+        return _DoRALinear.apply(x, V, bias, A, B, scale, s)
+
+    def reference(x, W, bias, A, B, scale, s=0.7):
+        u = x @ W.detach().T + s * (x @ A.T) @ B.T
+        return scale * u + (0 if bias is None else bias)
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (4, 5), (4,), (3, 5), (4, 3), (4,)]  # x, W, bias, A, B, scale
+    args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    args[1].requires_grad_(False)
+    assert torch.autograd.gradcheck(fn, args)
+    for bias in (args[2], None):
+        a = [*args[:2], bias, *args[3:]]
+        grads = torch.autograd.grad(fn(*a).square().sum(), [t for t in a if t is not None and t.requires_grad])
+        refs = torch.autograd.grad(reference(*a).square().sum(), [t for t in a if t is not None and t.requires_grad])
+        for ours, ref in zip(grads, refs):
+            torch.testing.assert_close(ours, ref)
+    # a retained graph can be differentiated twice (the saved output is consumed by the first)
+    y = fn(*args).square().sum()
+    first = torch.autograd.grad(y, args[5], retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(y, args[5])[0], first)
+
+
+def test_dora_low_precision_path_matches_fp32(make_model, batch):
+    ours = lorabench.apply(make_model("bert"), "dora", targets=["query", "value"], r=4)
+    _perturb(ours)
+    low = lorabench.apply(make_model("bert"), "dora", targets=["query", "value"], r=4)
+    low.load_state_dict(ours.state_dict())
+    low.double()  # not fp32: the path that keeps the LoRA term apart and uses weight_norm()
+    torch.testing.assert_close(outputs(low, batch).float(), outputs(ours, batch), atol=1e-5, rtol=1e-5)
 
 
 def test_dora_merge_unmerge_round_trip(bert, batch):
@@ -221,10 +280,27 @@ def test_vera_merged_and_per_token_paths_agree(make_model, batch):
 
 def test_vera_delta_backward_is_correct():
     g = torch.Generator().manual_seed(0)
-    args = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(5,), (3,), (3, 4), (5, 3)]]
+    args = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(5, 4), (5,), (3,), (3, 4), (5, 3)]]
+    for i in (1, 2):
+        args[i].requires_grad_(True)
+    assert torch.autograd.gradcheck(_VeraDelta.apply, args)  # W + dW, W frozen
     args[0].requires_grad_(True)
-    args[1].requires_grad_(True)
-    assert torch.autograd.gradcheck(_VeraDelta.apply, args)
+    assert torch.autograd.gradcheck(_VeraDelta.apply, args)  # W trained too
+    assert torch.autograd.gradcheck(_VeraDelta.apply, [None, *args[1:]])  # dW alone
+
+
+def test_vera_low_precision_stays_per_token(make_model):
+    # bf16 W + dW would round a small dW away, so "auto" keeps the update apart there.
+    ids = torch.randint(3, 100, (4, 16), generator=torch.Generator().manual_seed(0))  # 64 tokens
+    outs = {}
+    for compute in ("auto", "per_token", "merged"):
+        model = lorabench.apply(make_model("bert").to(torch.bfloat16), "vera", targets=["query"], r=256, compute=compute)
+        _perturb(model, std=0.05)
+        adapter = next(iter(_layers(model).values())).adapter
+        assert adapter.merged_is_cheaper(torch.zeros(64, 32))  # fp32 would take the merged path
+        with torch.no_grad():
+            outs[compute] = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]  # (4, 16, 32)
+    assert torch.equal(outs["auto"], outs["per_token"]) and not torch.equal(outs["auto"], outs["merged"])
 
 
 def test_vera_auto_picks_the_cheaper_path(bert):

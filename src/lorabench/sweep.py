@@ -49,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -419,8 +418,11 @@ def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-c", "from lorabench.sweep import child_main; child_main()", str(cfg_path), run.run_id,
            str(os.getpid())]
+    # the run imports the same lorabench as this sweep, wherever that one came from
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
             return proc.wait(), log
         except BaseException:  # Ctrl-C or an error in the sweep: never leave the run behind
@@ -505,7 +507,7 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
             wrote = path.exists() and _stamp(path) != before
             status = result_status(path) if wrote else None
             if status is None:  # the process died without a result: record it, we are alive
-                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+                how = f"was killed by {_signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
                 tail = _log_tail(log)
                 results.write_json_atomic(path, failure_result(
                     run, f"run process {how} without writing a result" + (f": {tail}" if tail else "")
@@ -521,6 +523,13 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
     finally:
         if lock is not None:
             lock.close()
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name + (" (out of memory?)" if n == signal.SIGKILL else "")
+    except ValueError:
+        return f"signal {n}"
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -589,8 +598,6 @@ def sweep_from_args(args: argparse.Namespace, config: str) -> Sweep:
 
 
 def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
-    for note in sweep.notes:
-        warnings.warn(note, stacklevel=1)
     t0 = time.perf_counter()
     try:
         statuses = run_sweep(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
@@ -609,28 +616,25 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     return 0 if counts.get("ok", 0) == len(statuses) else 1
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    sweep = sweep_from_args(args, args.config)
+def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
+    sweep = sweep or sweep_from_args(args, args.config)
+    for note in sweep.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
-        for note in sweep.notes:
-            print(f"note: {note}")
         print_plan(sweep)
         return 0
     return run_and_summarise(sweep, args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """configs/quick.yaml, then the full report into <out>/report."""
-    from .report import write_report
-
+    """The quick preset, then the full report (with HTML) into <out>/report."""
     sweep = sweep_from_args(args, "quick")
-    if args.dry_run:
-        print_plan(sweep)
-        return 0
-    rc = run_and_summarise(sweep, args)
-    if rc in (0, 1):
-        paths = write_report(sweep.out, Path(sweep.out) / "report", html=True, echo=False)
-        print(f"report: {paths[0].parent}")
+    rc = cmd_sweep(args, sweep)
+    if not args.dry_run and rc in (0, 1):
+        from .report import write_report
+
+        write_report(sweep.out, Path(sweep.out) / "report", html=True, echo=False)
+        print(f"report: {Path(sweep.out) / 'report'}")
     return rc
 
 

@@ -39,7 +39,7 @@ class LoRAXS(Variant):
     differs from the base model's by O(1e-5) (as in the official implementation).
     """
 
-    description = "LoRA-XS: h = Wx + s*B R A x, B,A frozen from SVD(W), R (r x r) trained (Balazy et al. 2024, arXiv 2405.17604)"
+    description = "LoRA-XS: h = Wx + s B R A x, B, A frozen from SVD(W), R (r x r) trains (Balazy et al. 2024, arXiv 2405.17604)"
     Options = LoRAXSOptions
     identity_at_init = False
 

@@ -27,8 +27,8 @@ class VeRAOptions:
     compute: str = "auto"
 
     def __post_init__(self):
-        check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}; VeRA uses e.g. r=256")
-        check(self.d_initial != 0, "d_initial must be non-zero (with lambda_b = 0 too, no gradient reaches either vector); use e.g. 0.1")
+        check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}; use e.g. r=256")
+        check(self.d_initial != 0, "d_initial must be non-zero (with lambda_b = 0 no gradient would move either); use 0.1")
         check(isinstance(self.projection_seed, int), f"projection_seed must be an integer, got {self.projection_seed!r}")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         check(self.compute in COMPUTE_PATHS, f"compute must be one of {', '.join(COMPUTE_PATHS)}, got {self.compute!r}")
@@ -42,20 +42,24 @@ def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch
 
 
 class _VeraDelta(torch.autograd.Function):
-    """dW = diag(lambda_b) B diag(lambda_d) A, (out, in), with a backward that projects the
-    weight gradient G = dL/dW once: with M = G A^T (out, r),
-        dL/dlambda_b = (B * M) lambda_d,   dL/dlambda_d = lambda_b^T (B * M)."""
+    """W + dW with dW = diag(lambda_b) B diag(lambda_d) A, (out, in) (dW alone when W is None).
+
+    The backward projects the weight gradient G = dL/dW once: with M = G A^T (out, r),
+        dL/dlambda_b = (B * M) lambda_d,   dL/dlambda_d = lambda_b^T (B * M)
+    (autograd through the two products would multiply G by A^T and by B^T).
+    """
 
     @staticmethod
-    def forward(ctx, lambda_b, lambda_d, A, B):
+    def forward(ctx, W, lambda_b, lambda_d, A, B):
         ctx.save_for_backward(lambda_b, lambda_d, A, B)
-        return (lambda_b[:, None] * B) @ (lambda_d[:, None] * A)  # (out, in)
+        Bb, Ad = lambda_b[:, None] * B, lambda_d[:, None] * A  # (out, r), (r, in)
+        return Bb @ Ad if W is None else torch.addmm(W, Bb, Ad)  # (out, in)
 
     @staticmethod
     def backward(ctx, G):
         lambda_b, lambda_d, A, B = ctx.saved_tensors
         BM = B * (G @ A.t())  # (out, r)
-        return BM @ lambda_d, lambda_b @ BM, None, None
+        return (G if ctx.needs_input_grad[0] else None), BM @ lambda_d, lambda_b @ BM, None, None
 
 
 @register("vera")
@@ -68,7 +72,7 @@ class VeRA(Variant):
     Init (Sec. 3.2): lambda_b = 0 (so h = W0 x), lambda_d = d_initial. No scaling factor.
     """
 
-    description = "VeRA: shared frozen random A,B + trained vectors lambda_b, lambda_d (Kopiczko et al. 2023, arXiv 2310.11454)"
+    description = "VeRA: shared frozen random A, B; trained vectors lambda_b, lambda_d (Kopiczko et al. 2023, arXiv 2310.11454)"
     Options = VeRAOptions
 
     def __init__(self, in_features, out_features, opts, shared=None):
@@ -104,7 +108,7 @@ class VeRA(Variant):
         return F.linear(z, self.vera_B.to(x.dtype)) * self.lambda_b.to(x.dtype)  # (..., out)
 
     def delta_weight(self):
-        return _VeraDelta.apply(self.lambda_b, self.lambda_d, self.vera_A, self.vera_B)  # (out, in)
+        return _VeraDelta.apply(None, self.lambda_b, self.lambda_d, self.vera_A, self.vera_B)  # (out, in)
 
     def merged_is_cheaper(self, x: torch.Tensor) -> bool:
         """Flop count of the two equivalent paths for this call (r = VeRA's rank, T tokens):
@@ -118,14 +122,23 @@ class VeRA(Variant):
         return merged < per_token
 
     def forward(self, x, layer):
+        W = layer.weight  # (out, in), frozen
         dropout_active = self.training and self.opts.dropout > 0
         mode = self.opts.compute
-        if mode == "merged" or (mode == "auto" and not dropout_active and self.merged_is_cheaper(x)):
-            if dropout_active:
-                raise VariantError("VeRA compute='merged' cannot apply dropout to the adapter input; use compute='auto' or dropout=0")
-            # One matmul with W + dW; gradients reach lambda_b, lambda_d through dW.
-            return layer.linear(x, layer.weight + self.delta_weight().to(x.dtype))
-        return layer.base_layer(x) + self.delta(x)
+        if mode == "auto":
+            # Low precision stays per token: a small dW would round away in bf16 W + dW.
+            full_precision = W.dtype in (torch.float32, torch.float64)
+            mode = "merged" if full_precision and not dropout_active and self.merged_is_cheaper(x) else "per_token"
+        if mode == "per_token":
+            return layer.base_layer(x) + self.delta(x)
+        if dropout_active:
+            raise VariantError(
+                "VeRA compute='merged' cannot apply dropout to the adapter input; use compute='auto' or dropout=0"
+            )
+        # One matmul with W + dW; the gradients reach lambda_b, lambda_d through dW.
+        dt = W.dtype
+        factors = (self.lambda_b.to(dt), self.lambda_d.to(dt), self.vera_A.to(dt), self.vera_B.to(dt))
+        return layer.linear(x, _VeraDelta.apply(W, *factors))
 
     @classmethod
     def num_trainable_formula(cls, in_features, out_features, opts):
