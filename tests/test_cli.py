@@ -36,8 +36,9 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 def test_variants_lists_every_variant_with_description_and_options(capsys):
     rc, out, _ = run_main(capsys, "variants")
     assert rc == 0
+    structures, inits, rules = out.split("\n\n")  # the three axes, one section each
     blocks = {}
-    for line in out.splitlines():
+    for line in structures.splitlines()[1:]:
         if line and not line.startswith(" "):
             name = line.strip()
             blocks[name] = []
@@ -53,6 +54,12 @@ def test_variants_lists_every_variant_with_description_and_options(capsys):
             default = f.default if f.default is not dataclasses.MISSING else None
             assert f"{f.name}={default!r}" in options, (name, f.name, options)
     assert "r=8" in "\n".join(blocks["lora"]) and "init='kaiming'" in "\n".join(blocks["lora"])
+    from lorabench.adapters.lora import INITS
+    from lorabench.adapters.rules import RULES
+
+    assert inits.startswith("initialisations") and rules.startswith("optimisation rules")
+    assert sorted(line.split()[0] for line in inits.splitlines()[1:]) == sorted(INITS)
+    assert sorted(line.split()[0] for line in rules.strip().splitlines()[1:]) == sorted(RULES)
 
 
 # ---- --opt and flag parsing ------------------------------------------------------------------

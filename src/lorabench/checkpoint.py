@@ -113,17 +113,23 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     return config
 
 
+def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The saved tensors (safetensors only), or an AdapterFileError naming the fix."""
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise AdapterFileError(f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterFileError(f"{weights} is truncated or corrupt ({e}); save the adapter again") from None
+
+
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Apply the saved adapter to a fresh base ``model`` (the one it was trained on)."""
     directory = Path(directory)
     config = read_adapter_config(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise AdapterFileError(f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterFileError(f"{weights} is truncated or corrupt ({e}); save the adapter again") from None
+    tensors = read_adapter_tensors(directory)
 
     if getattr(model, "lorabench_state", None) is not None:
         raise VariantError("load_adapter needs a plain base model; this one already has an adapter (lorabench.unload it, or load a fresh model)")
@@ -163,5 +169,6 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     for key, value in tensors.items():
         target = params.get(key, buffers.get(key))
         if target.shape != value.shape:
-            raise AdapterFileError(f"tensor {key!r} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}")
+            raise AdapterFileError(f"tensor {key!r} has shape {tuple(value.shape)}, the model expects "
+                                   f"{tuple(target.shape)}; load the model (and task head) the adapter was trained with")
         target.copy_(value.to(target.dtype))

@@ -1,4 +1,4 @@
-"""The ``lorabench`` command: ``train``, ``variants`` (and ``sweep``, ``report``, ``bench``).
+"""The ``lorabench`` command: ``train``, ``variants`` (and ``sweep``, ``report``, ``bench``, ``adapter``).
 
 Each subcommand is one row of ``SUBCOMMANDS``: a ``"module:function"`` that adds its
 parser to the subparsers and sets ``func`` (args -> exit code) with ``set_defaults``.
@@ -24,6 +24,8 @@ SUBCOMMANDS = [
     "lorabench.sweep:add_sweep_parser",
     "lorabench.sweep:add_bench_parser",
     "lorabench.report:add_report_parser",
+    "lorabench.adapter_cmd:add_adapter_parser",
+    "lorabench.cli:add_squeeze_parser",
 ]
 
 
@@ -80,6 +82,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, help="recompute activations")
     g.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, help="batch similar lengths")
     g.add_argument("--quantize", choices=("nf4", "fp4"), help="store the frozen linear layers in 4 bits (QLoRA)")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="data-parallel processes through accelerate (DDP; gloo on CPU); each takes batch-size/N "
+                        "of every batch [1]")
     g.add_argument("--data-dir", help="GLUE folder (one sub-folder per task)")
     g.add_argument("--out", metavar="DIR", help="folder for the result JSON [runs]")
     g.add_argument("--save-adapter", action=argparse.BooleanOptionalAction, help="save the trained adapter")
@@ -141,6 +146,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main
     from .results import result_path
     from .run import execute
 
@@ -148,6 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.debug:
         _quiet_transformers()
     result = execute(cfg, progress=not cfg.quiet)
+    if not is_main():  # under accelerate launch: rank 0 speaks for the run
+        return 0 if result["status"] == "ok" else 1
     print(summary(result, result_path(cfg.out, result["run_id"])))
     if result["status"] != "ok":
         print(f"error: run {result['status']}: {result['error']}", file=sys.stderr)
@@ -193,16 +201,30 @@ def add_variants_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def describe_variants() -> str:
+    """The three axes: structures (variants), initialisations (``init=``), optimisation rules
+    (``optimizer=``); the last two combine with any LoRA-family structure."""
     import dataclasses
 
     from . import adapters
+    from .adapters.lora import INITS, describe_init
+    from .adapters.rules import RULES, RuleOptions
 
-    blocks = []
+    rule_fields = {f.name for f in dataclasses.fields(RuleOptions)}
+    blocks = ["structures (--variant NAME; options: --opt KEY=VALUE)"]
     for name in adapters.names():
         cls = adapters.get(name)
-        opts = ", ".join(f"{f.name}={_default(f)!r}" for f in dataclasses.fields(cls.Options))
+        fields = sorted(dataclasses.fields(cls.Options), key=lambda f: f.name in rule_fields)  # rule options last
+        opts = ", ".join(f"{f.name}={_default(f)!r}" for f in fields)
         blocks.append(f"{name}\n    {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}\n"
                       f"    options: {opts or '(none)'}")
+    width = max(map(len, [*INITS, *RULES]))
+    blocks.append("\ninitialisations (--opt init=NAME, with any variant that has an init option)")
+    blocks += [f"    {name:<{width}}  {describe_init(name)}" for name in sorted(INITS)]
+    blocks.append("\noptimisation rules (--opt optimizer=NAME, with any variant that has an optimizer option)")
+    for name, rule in RULES.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(RuleOptions)}
+        opts = ", ".join(f"{o}={defaults[o]!r}" for o in rule.options)
+        blocks.append(f"    {name:<{width}}  {rule.description}" + (f"; options: {opts}" if opts else ""))
     return "\n".join(blocks)
 
 
@@ -216,6 +238,30 @@ def _default(f) -> Any:
 
 def cmd_variants(args: argparse.Namespace) -> int:
     print(describe_variants())
+    return 0
+
+
+# ---- squeeze ----------------------------------------------------------------------------
+def add_squeeze_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "squeeze", help="compress a saved LoRA-family adapter to a lower rank (LoRA-Squeeze, RSVD)",
+        description="Write the best rank-r approximation of a saved LoRA-family adapter as a plain LoRA "
+                    "(LoRA-Squeeze, arXiv 2602.10993). Needs only the adapter folder, not the base model.",
+    )
+    p.add_argument("directory", help="adapter folder (lorabench_adapter.json + .safetensors)")
+    p.add_argument("--rank", type=int, required=True, help="target rank r (at most the adapter's rank)")
+    p.add_argument("--out", metavar="DIR", default=None, help="output folder [DIRECTORY-r{rank}]")
+    p.add_argument("--niter", type=int, default=2, help="RSVD power iterations, 0 = exact SVD [2]")
+    p.add_argument("--oversample", type=int, default=10, help="RSVD extra probes [10]")
+    p.set_defaults(func=cmd_squeeze)
+    return p
+
+
+def cmd_squeeze(args: argparse.Namespace) -> int:
+    from .adapters.lora_squeeze import squeeze_adapter_dir
+
+    out = squeeze_adapter_dir(args.directory, args.rank, args.out, niter=args.niter, oversample=args.oversample)
+    print(f"squeezed {args.directory} to a rank-{args.rank} LoRA: {out}")
     return 0
 
 

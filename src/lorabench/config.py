@@ -76,6 +76,9 @@ class RunConfig:
     grad_checkpointing: bool = False  #: recompute activations in backward to save memory
     group_by_length: bool = False  #: batch examples of similar length (less padding)
     quantize: str | None = None  #: "nf4" | "fp4": store every frozen linear layer in 4 bits (bitsandbytes)
+    #: data-parallel processes (DDP through accelerate); each takes batch_size / N of every batch,
+    #: so the global batch is the single-process run's. Hashed into the run id only when > 1
+    num_processes: int = 1
     # ---- input and output -----------------------------------------------------------
     data_dir: str | None = None  #: GLUE folder (one sub-folder per task); None = the hub
     out: str = "runs"  #: folder for the result JSON (and the adapter)
@@ -96,6 +99,11 @@ class RunConfig:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}; e.g. --batch-size 32")
         check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         check(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        check(self.num_processes >= 1, f"num_processes must be >= 1, got {self.num_processes}; e.g. --num-processes 2")
+        for name in ("batch_size", "eval_batch_size"):  # each process takes an equal share of a batch
+            size, n = getattr(self, name), self.num_processes
+            check(size % n == 0, f"{name} {size} is not divisible by num_processes {n} (each process takes an "
+                                 f"equal share of every batch); use a multiple of {n}, e.g. {n * max(1, round(size / n))}")
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}; e.g. --max-length 128")
@@ -143,7 +151,7 @@ class RunConfig:
             raise ConfigError(
                 f"memory_budget {self.memory_budget!r} is not a size; write e.g. 8GiB, 512MiB or a number of bytes"
             ) from None
-        check(n > 0, f"memory_budget must be > 0 bytes, got {self.memory_budget!r}")
+        check(n > 0, f"memory_budget must be > 0 bytes, got {self.memory_budget!r}; write e.g. 8GiB, or leave it unset")
         return n
 
     def variant_options(self) -> dict[str, Any]:
@@ -182,6 +190,8 @@ class RunConfig:
             out[f.name] = getattr(self, f.name)
         out["options"] = self.variant_options()
         out["memory_budget"] = self.budget_bytes()
+        if self.num_processes == 1:  # the run ids of single-process runs predate the field
+            del out["num_processes"]
         return out
 
     def run_id(self) -> str:

@@ -292,10 +292,30 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list
     return [g for g in merged.values() if g["params"]]
 
 
+def before_step(model: nn.Module) -> None:
+    """Let each adapter's optimisation rule act on the finished gradients (LoRA-Pro, AltLoRA,
+    ALLoRA) or factors (Stable-LoRA). Call once per optimizer step: after backward (and
+    ``GradScaler.unscale_``), before gradient clipping and ``optimizer.step()``."""
+    for _, layer in adapted_layers(model):
+        layer.adapter.before_step()
+
+
+def extra_loss(model: nn.Module) -> torch.Tensor | float:
+    """The variant's term for the training loss (AdaLoRA's orthogonality regulariser), summed over
+    the layers; 0.0 for variants without one. Add it to the loss of every forward pass:
+    ``loss = model(**batch).loss + lorabench.inject.extra_loss(model)``."""
+    terms = [t for _, layer in adapted_layers(model) if (t := layer.adapter.extra_loss()) is not None]
+    return torch.stack(terms).sum() if terms else 0.0
+
+
 def on_step(model: nn.Module, step: int, total: int) -> None:
-    """Tell every adapter that an optimizer step finished (DyLoRA, AdaLoRA ...)."""
+    """Tell every adapter that an optimizer step finished (DyLoRA, AdaLoRA ...).
+
+    The variant's own schedule and its optimisation rule's are separate hooks, so a variant
+    that overrides ``on_step`` cannot silence the rule."""
     for _, layer in adapted_layers(model):
         layer.adapter.on_step(step, total)
+        layer.adapter.rule.on_step(layer.adapter, step, total)
 
 
 def prepare(model: nn.Module, batches: Any) -> None:

@@ -106,6 +106,10 @@ class Throughput:
         # Summed on the device without a sync; read once at the end.
         self._tokens = self._tokens + (mask.sum() if mask is not None else batch["input_ids"].numel())
 
+    def absorb(self, other: "Throughput") -> None:
+        self.examples += other.examples
+        self._tokens = self._tokens + other._tokens
+
     @property
     def tokens(self) -> int:
         return int(self._tokens)
@@ -224,6 +228,40 @@ def plan_micro_batch(batch_size: int, grad_accum: int, fits: Callable[[int], boo
         if fits(micro):
             return micro, grad_accum * math.ceil(batch_size / micro)
     return None
+
+
+def halve_micro_batch(micro: int, batch_size: int, grad_accum: int) -> tuple[int, int] | None:
+    """After a CUDA out-of-memory error: half the micro-batch and the micro-batches per optimizer
+    step that keep the effective batch at ``batch_size * grad_accum``; None when it is already 1.
+
+    ``batch_size`` is the examples per loader batch on this process: 32 x 1 -> (16, 2) -> (8, 4).
+    """
+    if micro <= 1:
+        return None
+    micro //= 2
+    return micro, grad_accum * math.ceil(batch_size / micro)
+
+
+def combine_ranks(ranks: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(time, memory) of a data-parallel run from each rank's own figures.
+
+    Each rank gives ``examples``, ``tokens``, ``loop_s`` (training loop, evaluation excluded),
+    ``prepare_s``, ``eval_s`` and its peaks (``peak_allocated_bytes``, ``peak_reserved_bytes``,
+    ``peak_rss_bytes``). Examples and tokens are summed over the ranks; a time is the slowest
+    rank's (the run waits for it); rates are the sums over the slowest loop; a peak is the
+    largest rank's (the memory one device must hold).
+    """
+    def most(key: str):
+        values = [r[key] for r in ranks if r.get(key) is not None]
+        return max(values) if values else None
+
+    examples, tokens = sum(r["examples"] for r in ranks), sum(r["tokens"] for r in ranks)
+    loop_s = max(max(r["loop_s"] for r in ranks), 1e-9)
+    time = {"train_s": max(r["loop_s"] + r["prepare_s"] for r in ranks), "eval_s": most("eval_s"),
+            "prepare_s": most("prepare_s"), "examples": examples, "tokens": tokens,
+            "examples_per_s": examples / loop_s, "tokens_per_s": tokens / loop_s}
+    memory = {key: most(key) for key in ("peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes")}
+    return time, memory
 
 
 class MemoryBudgetError(ConfigError):

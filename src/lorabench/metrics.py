@@ -151,3 +151,25 @@ def compute(task_or_spec, preds, labels) -> dict[str, float]:
     y = _array(labels).reshape(-1)
     y = y.astype(np.float64) if spec.is_regression else y.astype(np.int64)
     return {name: METRICS[name](p, y) for name in spec.metrics}
+
+
+def aurac(ranks, scores, scale: str = "linear") -> float:
+    """Area Under the Rank-Accuracy Curve of a rank-flexible adapter (MatryoshkaLoRA, Modoranu,
+    Safaryan & Alistarh 2026, arXiv 2605.07850): the trapezoid area under ``score(rank)`` over the
+    evaluated ranks, divided by the rank range, so it lies between the smallest and largest score
+    (a flat curve gives that score). ``scale="linear"`` integrates over the rank itself
+    (``AURAC_v1`` of the official code), ``"log2"`` over log2(rank), weighting every doubling
+    equally (``AURAC_v2``). One evaluated rank gives its score.
+    """
+    r, s = _array(ranks, np.float64).reshape(-1), _array(scores, np.float64).reshape(-1)
+    if r.shape != s.shape or r.size == 0:
+        raise ValueError(f"aurac needs one score per rank and at least one rank, got {r.size} ranks and {s.size} scores")
+    if scale not in ("linear", "log2"):
+        raise ValueError(f"unknown aurac scale {scale!r}; use 'linear' or 'log2'")
+    if np.any(r <= 0) or np.any(np.diff(r) <= 0):
+        raise ValueError(f"ranks must be positive and strictly increasing, got {r.tolist()}; sort them first")
+    if r.size == 1:
+        return float(s[0])
+    x = np.log2(r) if scale == "log2" else r
+    area = np.sum(np.diff(x) * (s[1:] + s[:-1]) / 2.0)  # trapezoid rule
+    return float(area / (x[-1] - x[0]))

@@ -124,13 +124,24 @@ def quantize_model(
     ``targets`` as in ``lorabench.apply``: ``"all-linear"`` (default: every linear layer but
     the task head and ``lm_head``, QLoRA's setting), a regex or a list of name suffixes.
     Returns the same model; its outputs change by the quantisation error.
+
+    On a model adapted by ``lorabench.apply`` the frozen linear layers are quantized, the base
+    layers under the adapters included: after a residual init (PiSSA, OLoRA) that stores the
+    exact residual W - s B0 A0 in 4 bits, as QPiSSA does (Meng et al. 2024, arXiv 2404.02948).
+    Linear layers that train (the adapters' own, full fine-tuning) are never quantized.
     """
     from .inject import _set_module, find_targets  # inject imports the adapters package
 
-    if getattr(model, "lorabench_state", None) is not None:
-        raise VariantError("quantize the base model before lorabench.apply, or use the 'qlora' variant")
     modules = dict(model.named_modules())
-    for name in find_targets(model, targets):
+    names = find_targets(model, targets)
+    if getattr(model, "lorabench_state", None) is not None:
+        names = [n for n in names if not modules[n].weight.requires_grad]
+        if not names:
+            raise VariantError(
+                f"variant {model.lorabench_state.variant!r} trains every targeted linear layer, and 4 bits "
+                "cannot hold a trained weight; drop the quantization (--quantize)"
+            )
+    for name in names:
         _set_module(model, name, quantize_linear(modules[name], quant_type, double_quant, compute_dtype))
     return model
 

@@ -23,7 +23,14 @@ Schema (``schema_version`` 1). Keys marked * are always present.
     time*              {"train_s": float (evaluation excluded), "eval_s": float,
                         "examples_per_s": float, "tokens_per_s": float}
     memory*            {"device": "cuda"|"cpu", "peak_allocated_bytes", "peak_reserved_bytes",
-                        "peak_rss_bytes", "budget_bytes", "micro_batch_size", "grad_accum_steps"}
+                        "peak_rss_bytes", "budget_bytes", "micro_batch_size", "grad_accum_steps",
+                        "oom_retries"} (micro-batch per process; after CUDA out-of-memory retries
+                       the halved micro-batch and the accumulation that keeps the effective batch)
+    distributed        null for one process; else {"num_processes", "backend", "find_unused_parameters",
+                       "in_sync" (every rank's trained adapter has the same checksum), "ranks": [{"rank",
+                       "examples", "tokens", "loop_s", "peak_*_bytes", "adapter_sha256"}, ...]}; then
+                       ``time`` sums examples and tokens over the ranks and ``memory`` peaks are the
+                       largest rank's
     env*               {"device_name", "python", "torch", "transformers", "lorabench", "git_rev"}
     started_at*        ISO-8601 UTC
     finished_at*       ISO-8601 UTC
@@ -68,25 +75,65 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+class ResultWriteError(OSError):
+    """A result file could not be written (read-only folder, disk full ...); the message names
+    the folder and the fix."""
+
+
+def _write_error(folder: Path, e: OSError, what: str) -> ResultWriteError:
+    return ResultWriteError(f"cannot write {what} in {folder} ({e.strerror or e}); make the folder writable, "
+                            "free disk space, or pass another --out")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make sure a file can be written in ``folder`` (before a run trains for an hour and
+    then cannot record its result). Folders it had to create are removed again, so a run
+    rejected later for bad input leaves nothing behind."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lorabench-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise _write_error(folder, e, "results") from None
+    finally:
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON through a temp file + fsync + rename: readers never see a partial file."""
+    """Write JSON through a temp file + fsync + rename: readers never see a partial file, and
+    nothing is left behind when the write fails (``ResultWriteError`` names the folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_clean(data), indent=2, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path.parent, e, path.name) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_error(path.parent, e, path.name) from e
         raise
     return path
 
 
 def result_path(out_dir: str | os.PathLike, rid: str) -> Path:
+    # run ids are hex digests: a result path never leaves out_dir, whatever a config file held
+    if not (isinstance(rid, str) and 0 < len(rid) <= 64 and all(c in "0123456789abcdef" for c in rid)):
+        raise ValueError(f"run id {rid!r} is not a hex digest; run ids come from results.run_id(config)")
     return Path(out_dir) / f"run-{rid}.json"
 
 
@@ -121,3 +168,12 @@ def load_results(folder: str | os.PathLike, warn: bool = True) -> Iterator[tuple
                 warnings.warn(f"skipping {path}: not a lorabench result ({why})", stacklevel=2)
             continue
         yield path, data
+
+
+def file_stamp(path: str | os.PathLike) -> tuple | None:
+    """(inode, mtime): changes when a file is (atomically) replaced; None when it is missing."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns

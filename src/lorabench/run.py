@@ -1,15 +1,20 @@
 """Execute one run: config -> model + data -> adapter -> fit -> one result JSON.
 
 Errors in the inputs (config, model, data, variant options, a memory budget too small
-for the weights) surface before any training and write no result. Once training has
-started, every outcome is recorded: the result JSON is written with status "ok",
-"diverged", "oom" or "error" (with the message). A crash ("oom", "error") is then raised
-as ``RunFailed`` so that a caller (the CLI) can exit non-zero; a diverged run is a result
-like any other and is returned (its status says so).
+for the weights, an output folder that cannot be written) surface before any training and
+write no result. Once training has started, every outcome is recorded: the result JSON is
+written with status "ok", "diverged", "oom" or "error" (with the message). A crash ("oom",
+"error") is then raised as ``RunFailed`` so that a caller (the CLI) can exit non-zero; a
+diverged run is a result like any other and is returned (its status says so). A run stopped
+by Ctrl-C (KeyboardInterrupt) writes no result, so a rerun, or a resumed sweep, redoes it.
+
+With ``num_processes > 1`` the run is launched on that many processes (``lorabench.launch``)
+unless a launcher already started this one; every rank trains, rank 0 alone writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import warnings
@@ -18,8 +23,9 @@ from typing import Any
 
 import torch
 
-from . import inject, results
+from . import distributed, inject, results
 from .checkpoint import save_adapter
+from .launch import launch
 from .config import ConfigError, RunConfig
 from .measure import check_memory_budget, environment
 from .train import TrainState, fit, set_seed
@@ -55,9 +61,11 @@ def load(cfg: RunConfig):
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
     model, tokenizer = load_model(cfg.model, task, head=cfg.head, layers=cfg.layers,
                                   trust_remote_code=cfg.trust_remote_code)
-    if cfg.quantize is not None:  # QLoRA-style: every frozen linear layer stored in 4 bits
-        quant.quantize_model(model, "all-linear", quant_type=cfg.quantize)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
+    if cfg.quantize is not None:  # QLoRA-style: every frozen linear layer stored in 4 bits, after
+        # apply, so data-free inits see the full-precision W and a residual init (PiSSA) stores
+        # its exact residual in 4 bits once (QPiSSA); reload a saved adapter the same way round
+        quant.quantize_model(model, "all-linear", quant_type=cfg.quantize)
     check_memory_budget(model, cfg.budget_bytes(), cfg.model)  # fail before tokenizing anything
     format_fn = None
     if cfg.head == "lm":
@@ -76,12 +84,21 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run ``cfg`` and write its result to ``results.result_path(cfg.out, run id)``.
 
     Returns the result dict (``result["path"]`` is not part of it; use ``result_path``).
-    Raises the input error (ConfigError, ModelError, DataError, VariantError) before
-    training, or ``RunFailed`` after writing an "oom" / "error" result.
+    Raises the input error (ConfigError, ModelError, DataError, VariantError, ResultWriteError)
+    before training, or ``RunFailed`` after writing an "oom" / "error" result.
     """
+    cfg = distributed.for_this_launch(cfg)
     resolved = cfg.resolved()
     rid = results.run_id(resolved)
     path = results.result_path(cfg.out, rid)
+    main = distributed.is_main()  # rank 0 writes; other ranks return their result dict
+    if cfg.save_adapter and distributed.uses_fsdp():
+        raise ConfigError("--save-adapter is not supported under FSDP (each rank holds a shard of the adapter); "
+                          "drop it, or train with DDP (--num-processes N) to save the adapter")
+    if main:
+        results.check_writable(cfg.out)
+    if distributed.needs_launch(cfg):
+        return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
     started = _now()
     task, model, _tokenizer, train_loader, dev_loaders = load(cfg)
     trainable, total = inject.count_parameters(model)
@@ -98,7 +115,7 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         state.status, state.error, error = "error", f"{type(e).__name__}: {e}", e
 
     adapter_bytes = None
-    if cfg.save_adapter and state.status == "ok":
+    if cfg.save_adapter and state.status == "ok" and main:
         adapter_dir = Path(cfg.out) / f"run-{rid}-adapter"
         save_adapter(model, adapter_dir)
         adapter_bytes = _dir_bytes(adapter_dir)
@@ -106,8 +123,9 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     device = torch.device(state.memory.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
     time = {"train_s": 0.0, "eval_s": 0.0, "examples_per_s": 0.0, "tokens_per_s": 0.0, **state.time}
     memory = {"device": device.type, "peak_allocated_bytes": None, "peak_reserved_bytes": None,
-              "peak_rss_bytes": None, "budget_bytes": cfg.budget_bytes(), "micro_batch_size": cfg.batch_size,
-              "grad_accum_steps": cfg.grad_accum, **state.memory}
+              "peak_rss_bytes": None, "budget_bytes": cfg.budget_bytes(),
+              "micro_batch_size": cfg.batch_size // cfg.num_processes, "grad_accum_steps": cfg.grad_accum,
+              "oom_retries": 0, **state.memory}
     result = {
         "schema": results.SCHEMA,
         "schema_version": results.SCHEMA_VERSION,
@@ -129,13 +147,15 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "time": time,
         "memory": memory,
         "env": {**environment(device), "precision": state.precision},
+        "distributed": state.distributed,
         "steps": {"done": state.step, "total": state.total_steps, "per_epoch": state.steps_per_epoch},
         "targets": inject.state_of(model).targets,
         "paths": {"out": str(cfg.out), "data_dir": cfg.data_dir, "cwd": os.getcwd()},
         "started_at": started,
         "finished_at": _now(),
     }
-    results.write_json_atomic(path, result)
+    if main:
+        results.write_json_atomic(path, result)
     if error is not None:
         raise RunFailed(f"run {rid} {state.status}: {state.error} (result: {path})", result, path) from error
     if state.status == "diverged":

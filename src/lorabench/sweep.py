@@ -23,7 +23,10 @@ warning when its variant is not registered or its runs do not validate. Unknown 
 and empty grids are errors, and every expanded run goes through ``RunConfig.from_dict`` before
 anything runs. Order: seed, model, task, variant, grid point -- a sweep stopped half-way already
 has every configuration at the first seed. ``seed`` cannot be a grid: every configuration gets
-the same seeds, which the report's paired test across seeds relies on.
+the same seeds, which the report's paired test across seeds relies on. Relative ``data_dir`` and
+``out`` written in a sweep file are relative to that file's folder (so a sweep file travels with
+its data); those given as flags are relative to the working directory. ``data_dir`` must be an
+existing folder, checked before anything runs.
 
 Each run executes in a fresh subprocess (``python -c`` calling ``run.execute``) so no state
 leaks between runs; it writes ``run-<id>.json`` atomically (id = hash of the resolved config),
@@ -33,7 +36,8 @@ its log goes to ``logs/run-<id>.log`` and its resolved config to ``configs/run-<
 ``error`` result written by the sweep -- only while the sweep itself is alive: a child dies with
 its parent (PR_SET_PDEATHSIG on Linux plus a watchdog thread) and a SIGKILLed sweep writes
 nothing. ``sweep.json`` (atomic) lists the planned run ids. A lock file keeps two sweeps out of
-one folder.
+one folder. ``--backend ray`` runs each run as a Ray task with the same per-run function
+(``run_one``) and the same resume rules (``sweep_ray.py``).
 """
 
 from __future__ import annotations
@@ -267,10 +271,53 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes)
 
 
+PATH_KEYS = ("data_dir", "out")  # RunConfig fields that are paths
+
+
+def _anchor(value: Any, folder: Path) -> Any:
+    """A relative path (or a grid of them) read from a file in ``folder``, made absolute."""
+    if isinstance(value, list):
+        return [_anchor(v, folder) for v in value]
+    if not isinstance(value, str) or not value.strip():
+        return value  # not a path: RunConfig.from_dict names the problem
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(folder.resolve() / path)))
+
+
+def resolve_paths(spec: Any, folder: Path) -> Any:
+    """``data_dir`` / ``out`` in base, task_overrides and variant blocks, relative to ``folder``."""
+    if not isinstance(spec, dict):
+        return spec
+
+    def fix(block: Any) -> Any:
+        if not isinstance(block, dict):
+            return block
+        return {k: _anchor(v, folder) if k in PATH_KEYS else v for k, v in block.items()}
+
+    spec = dict(spec)
+    if "base" in spec:
+        spec["base"] = fix(spec["base"])
+    for key in ("task_overrides", "variants"):
+        if isinstance(spec.get(key), dict):
+            spec[key] = {name: fix(block) for name, block in spec[key].items()}
+    return spec
+
+
+def check_paths(sweep: Sweep) -> None:
+    """Every run's GLUE folder exists and the out folder is not a file, before anything runs."""
+    for data_dir in sorted({r.config.data_dir for r in sweep.runs if r.config.data_dir is not None}):
+        if not Path(data_dir).expanduser().is_dir():
+            raise SweepError(f"data_dir {data_dir} is not a folder; point it at a GLUE folder (one subfolder per "
+                             "task); relative paths in a sweep file are relative to the file's folder")
+    if Path(sweep.out).exists() and not Path(sweep.out).is_dir():
+        raise SweepError(f"out {sweep.out} is a file, not a folder; pass another --out")
+
+
 def load_sweep(path: str | os.PathLike, overrides: dict | None = None, **kwargs: Any) -> Sweep:
     """Read, expand and validate a sweep file (a path or a preset name)."""
     file = find_sweep_file(path)
-    sweep = plan(read_yaml(file), overrides, name=file.stem, **kwargs)
+    sweep = plan(resolve_paths(read_yaml(file), file.parent), overrides, name=file.stem, **kwargs)
+    check_paths(sweep)
     sweep.source = str(file)
     return sweep
 
@@ -475,6 +522,26 @@ def child_main(argv: list[str] | None = None) -> None:
     sys.exit(0 if result.get("status") == "ok" else 3)
 
 
+def run_one(run: PlannedRun, out: Path) -> tuple[str, Path]:
+    """Execute one run in a fresh process (both backends); returns (status, log path).
+
+    A process that dies without a result gets an ``error`` result written here, by its living parent."""
+    started = _now()
+    path = results.result_path(out, run.run_id)
+    before = _stamp(path)
+    rc, log = execute_in_subprocess(run, out)
+    wrote = path.exists() and _stamp(path) != before
+    status = result_status(path) if wrote else None
+    if status is None:  # the process died without a result: record it, we are alive
+        how = f"was killed by {_signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
+        tail = _log_tail(log)
+        results.write_json_atomic(path, failure_result(
+            run, f"run process {how} without writing a result" + (f": {tail}" if tail else "")
+            + f" (log: {log})", started))
+        status = "error"
+    return status, log
+
+
 def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) -> dict[str, str | None]:
     """Run every planned run not done yet, one after another; returns run id -> status."""
     from tqdm.auto import tqdm
@@ -499,20 +566,9 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
             c = run.config
             bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}")
             bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
-            started, t0 = _now(), time.perf_counter()
-            path = results.result_path(out, run.run_id)
-            before = _stamp(path)
-            rc, log = execute_in_subprocess(run, out)
+            t0 = time.perf_counter()
+            status, log = run_one(run, out)
             spent += time.perf_counter() - t0
-            wrote = path.exists() and _stamp(path) != before
-            status = result_status(path) if wrote else None
-            if status is None:  # the process died without a result: record it, we are alive
-                how = f"was killed by {_signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
-                tail = _log_tail(log)
-                results.write_json_atomic(path, failure_result(
-                    run, f"run process {how} without writing a result" + (f": {tail}" if tail else "")
-                    + f" (log: {log})", started))
-                status = "error"
             statuses[run.run_id] = status
             if status != "ok":
                 bar.write(f"{status}: {run.describe()} (log: {log})")
@@ -532,13 +588,7 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def _stamp(path: Path) -> tuple | None:
-    """Changes when a file is (atomically) replaced."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+_stamp = results.file_stamp  # changes when a file is (atomically) replaced
 
 
 def print_plan(sweep: Sweep) -> None:
@@ -588,6 +638,9 @@ def add_override_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=_names, default=None, help="run only these tasks (comma-separated)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs whose status is not ok")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    from .sweep_ray import add_backend_flags
+
+    add_backend_flags(p)
 
 
 def sweep_from_args(args: argparse.Namespace, config: str) -> Sweep:
@@ -600,7 +653,9 @@ def sweep_from_args(args: argparse.Namespace, config: str) -> Sweep:
 def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
-        statuses = run_sweep(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
+        from .sweep_ray import backend_runner
+
+        statuses = backend_runner(args)(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume ({sweep.out})", file=sys.stderr)
         return 130

@@ -5,7 +5,12 @@ clipping, gradient accumulation, evaluation every epoch (or every N steps), best
 selection on the task's primary metric. One optimizer step consumes ``grad_accum``
 loader batches; each loader batch is cut into micro-batches when a memory budget
 demands it, with every micro-batch's loss weighted by its share of the step's examples,
-so the update is the same whatever the micro-batch size.
+so the update is the same whatever the micro-batch size. A CUDA out-of-memory error in a
+step halves the micro-batch (same effective batch) and redoes the step, down to one example.
+
+Data-parallel (``cfg.num_processes > 1``, under accelerate launch): every loader batch is split
+across the ranks, the loss each step reports is the mean over the ranks, and the figures and a
+checksum of each rank's adapter are combined at the end (``lorabench.distributed``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from . import inject
+from . import distributed, inject
 from .config import RunConfig
 from .measure import (
     Stopwatch,
@@ -32,6 +37,7 @@ from .measure import (
     batch_size,
     budget_error,
     check_memory_budget,
+    halve_micro_batch,
     peak_memory,
     plan_micro_batch,
     probe_fits,
@@ -58,6 +64,7 @@ class TrainState:
     time: dict[str, float] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
+    distributed: dict[str, Any] | None = None  #: ranks, backend, per-rank figures (num_processes > 1)
 
     def summary(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -126,7 +133,9 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
     # loss scaling, bf16 has fp32's exponent range and does not.
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=state.precision == "fp16")
-    accelerator = Accelerator(cpu=not cuda)
+    first = list(itertools.islice(train_loader, PREPARE_BATCHES))  # for prepare (and the DDP probe)
+    _rewind(train_loader)
+    accelerator = distributed.make_accelerator(model, first[0] if first else None, cuda)
     budget = cfg.budget_bytes()
     check_memory_budget(model, budget, cfg.model)
     if cfg.grad_checkpointing:
@@ -138,7 +147,6 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
     if not trainable:
         raise RuntimeError(f"variant {cfg.variant!r} left nothing to train; check its options and targets")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raw_train_loader = train_loader
     model, optimizer, train_loader, *dev = accelerator.prepare(model, optimizer, train_loader, *dev_loaders.values())
     dev_loaders = dict(zip(dev_loaders, dev))
     core = accelerator.unwrap_model(model)  # lorabench hooks need the model itself, not a DDP wrapper
@@ -153,18 +161,23 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
     train_clock, eval_clock, prep_clock = Stopwatch(cuda), Stopwatch(cuda), Stopwatch(cuda)
     seen = Throughput()
     reset_peak_memory(device)
-    micro, accum = cfg.batch_size, cfg.grad_accum
+    local_batch = cfg.batch_size // accelerator.num_processes  # examples per loader batch on this rank
+    micro, accum = local_batch, cfg.grad_accum
+    state.memory["oom_retries"] = 0
+    bar = None
     try:
         # ---- data-driven init (the variant decides whether it does anything) ---------
-        with prep_clock:
-            first = [send_to_device(b, accelerator.device) for b in itertools.islice(raw_train_loader, PREPARE_BATCHES)]
+        with prep_clock:  # every rank: the same unsplit batches (see lorabench.distributed)
+            first = [send_to_device(b, accelerator.device) for b in first]
             inject.prepare(core, first)
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                distributed.broadcast_from_main(core)
 
         # ---- memory budget: the largest micro-batch that fits --------------------------
         if budget is not None and cuda:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
-            plan = plan_micro_batch(cfg.batch_size, cfg.grad_accum,
+            plan = plan_micro_batch(local_batch, cfg.grad_accum,
                                     lambda m: probe_fits(model, first[0], m, cfg.max_length, accelerator, amp))
             if plan is None:
                 raise budget_error(budget, cfg.model, "a probe step with one example ran out of CUDA memory")
@@ -173,8 +186,9 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
             warnings.warn("memory_budget is recorded but not enforced on CPU", stacklevel=2)
 
         # ---- the loop -------------------------------------------------------------------
-        bar = tqdm(total=state.total_steps, disable=not progress or cfg.quiet, unit="step",
-                   desc=f"{cfg.variant} {cfg.task}", dynamic_ncols=True)
+        shown = progress and not cfg.quiet and accelerator.is_main_process
+        bar = tqdm(total=state.total_steps, disable=not shown, unit="step", desc=f"{cfg.variant} {cfg.task}",
+                   dynamic_ncols=True)
         model.train()
         train_clock.start()
         since_log, since_eval = [], []  # step losses since the last log / evaluation
@@ -188,13 +202,25 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
 
         while state.step < state.total_steps and state.status == "ok":  # one pass = one epoch
             for group in _groups(train_loader, cfg.grad_accum):
-                step_loss = accumulate_gradients(model, group, micro, accelerator, seen, amp, scaler)
+                while (step_loss := _try_step(model, group, micro, accelerator, seen, amp, scaler)) is None:
+                    smaller = halve_micro_batch(micro, local_batch, cfg.grad_accum)
+                    if smaller is None or accelerator.num_processes > 1:  # a rank cannot redo a step alone:
+                        raise torch.cuda.OutOfMemoryError(  # its peers wait in the gradient all-reduce
+                            f"CUDA out of memory with a micro-batch of {micro} example(s)"
+                            + ("" if smaller is None else f" on rank {accelerator.process_index}"))
+                    optimizer.zero_grad(set_to_none=True)  # redo the whole step with smaller pieces
+                    (micro, accum), state.memory["oom_retries"] = smaller, state.memory["oom_retries"] + 1
+                    warnings.warn(f"CUDA out of memory at step {state.step + 1}; retrying with micro-batch {micro} "
+                                  f"x {accum} per optimizer step", stacklevel=2)
+                if accelerator.num_processes > 1:  # the mean over the ranks: they stop (diverge) together
+                    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
                 if not math.isfinite(step_loss):  # stop before the bad update is applied
                     state.status = "diverged"
                     state.error = f"training loss became {step_loss} at step {state.step + 1}; lower the learning rate"
                     break
+                scaler.unscale_(optimizer)  # the true gradients for the rule and the clip (a no-op unless fp16)
+                inject.before_step(core)  # the optimisation rule adjusts them (LoRA-Pro, AltLoRA ...)
                 if cfg.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 scaler.step(optimizer)  # skips the step on inf/NaN gradients under fp16
                 scaler.update()
@@ -221,8 +247,9 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                     evaluate_now()
         if since_log and state.status == "ok":
             state.train_loss.append([state.step, sum(since_log) / len(since_log)])
-        bar.close()
     finally:
+        if bar is not None:
+            bar.close()  # now: on Ctrl-C its last refresh would come after the error line
         train_clock.stop()
         train_s = train_clock.total + prep_clock.total
         state.time.update(train_s=train_s, eval_s=eval_clock.total, prepare_s=prep_clock.total,
@@ -231,7 +258,37 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         state.memory.update(budget_bytes=budget, micro_batch_size=micro, grad_accum_steps=accum)
         if budget is not None and cuda:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
+    if accelerator.num_processes > 1:  # every rank got here (the loop ends on the same step everywhere)
+        mine = {"loop_s": train_clock.total, "prepare_s": prep_clock.total, "eval_s": eval_clock.total,
+                "examples": seen.examples, "tokens": seen.tokens, **peak_memory(device)}
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        time, memory, state.distributed = distributed.combine(accelerator, core, mine, checksum=ddp)
+        state.time.update(time)
+        state.memory.update(memory)
     return state.summary()
+
+
+def _rewind(loader) -> None:
+    """Back to the first epoch's order after ``loader`` was read ahead: a data-parallel shard of
+    it never calls ``set_epoch`` on a seeded batch sampler (``data.ShuffledBatches``)."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(0)
+
+
+def _try_step(model, group, micro, accelerator, seen, amp, scaler) -> float | None:
+    """``accumulate_gradients``, or None after a CUDA out-of-memory error (its memory freed:
+    the error, which holds the step's activations, is gone when this returns)."""
+    step_seen = Throughput()  # counted only once the step succeeds
+    try:
+        loss = accumulate_gradients(model, group, micro, accelerator, step_seen, amp, scaler)
+        seen.absorb(step_seen)
+        return loss
+    except torch.cuda.OutOfMemoryError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
 
 
 def accumulate_gradients(model, group: list[dict], micro: int, accelerator: Accelerator,
@@ -247,7 +304,7 @@ def accumulate_gradients(model, group: list[dict], micro: int, accelerator: Acce
         last = i == len(pieces) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # DDP: all-reduce once per step
             with autocast(accelerator.device, amp):
-                loss = model(**mb).loss
+                loss = model(**mb).loss + inject.extra_loss(model)  # a variant's own term (AdaLoRA); 0.0 for most
             weighted = loss * (batch_size(mb) / n)
             accelerator.backward(scaler.scale(weighted) if scaler is not None else weighted)
         loss_sum += loss.detach().float() * batch_size(mb)

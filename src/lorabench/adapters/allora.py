@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from . import register
 from .base import check
 from .lora import INITS, LoRA
+from .rules import row_coefficients  # the coefficient of the ``allora`` rule
 
 
 @dataclass
@@ -32,12 +33,6 @@ class ALLoRAOptions:
         check(self.eta > 0, f"eta must be > 0, got {self.eta!r}; e.g. eta=2")
         check(self.init in INITS, f"unknown init {self.init!r}; choose one of: {', '.join(sorted(INITS))}")
         check(self.svd_niter >= 0, f"svd_niter must be >= 0 (0 = exact SVD), got {self.svd_niter!r}")
-
-
-def row_coefficients(weight: torch.Tensor, eta: float) -> torch.Tensor:
-    """c_i = 1 / sqrt(||w_i||^2 + 1 / eta^2) for every row w_i of ``weight``: (rows, 1)."""
-    norm_sq = weight.detach().float().square().sum(dim=1, keepdim=True)  # (rows, 1)
-    return torch.rsqrt(norm_sq + 1.0 / eta**2).to(weight.dtype)
 
 
 class _ScaleRowGrads(torch.autograd.Function):
@@ -71,6 +66,9 @@ class ALLoRA(LoRA):
     Implemented on the gradients (an autograd function in ``delta``), as the paper states
     it: with SGD this is exactly a per-row learning rate; Adam(W) normalises each
     coordinate's gradient scale, so there only the change of the coefficient over time acts.
+    The same scaling for any LoRA-family structure is the ``allora`` rule
+    (``apply(model, "dora", optimizer="allora")``), which scales ``.grad`` in ``before_step``;
+    this variant has the rule built in and takes no ``optimizer`` option.
     """
 
     description = "ALLoRA: LoRA w/o dropout and scale, row grads scaled by 1/sqrt(||row||^2+1/eta^2) (Huang & Balestriero 2024, arXiv 2410.09692)"

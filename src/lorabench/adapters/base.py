@@ -55,6 +55,15 @@ class Variant(nn.Module):
     identity_at_init: ClassVar[bool] = True
     #: True when ``base_offset()`` is subtracted from the base weight (PiSSA, OLoRA).
     changes_base: ClassVar[bool] = False
+    #: True when ``factors()`` returns trainable low-rank factors A, B (the LoRA family), which
+    #: the optimisation rules (``adapters.rules``: LoRA+, LoRA-Pro ...) act on.
+    has_lora_factors: ClassVar[bool] = False
+    #: False when the output cannot be folded into one weight (FlyLoRA's input-dependent top-k
+    #: routing): ``merged_weight`` raises VariantError, and the contract test checks that it does.
+    mergeable: ClassVar[bool] = True
+    #: Buffers that training changes outside the optimizer (FlyLoRA's load-balancing bias, in
+    #: ``on_step``). Saved and loaded like any buffer; the contract test lets them move.
+    running_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, in_features: int, out_features: int, opts: Any, shared: dict | None = None):
         super().__init__()
@@ -69,14 +78,20 @@ class Variant(nn.Module):
     @classmethod
     def make_options(cls, **options: Any) -> Any:
         """Build and validate ``Options``; an unknown key names the valid ones."""
+        from .rules import check_foreign_optimizer, get_rule
+
         fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        if "optimizer" in options and "optimizer" not in fields:  # a variant without rules: adamw only
+            check_foreign_optimizer(cls, options.pop("optimizer"))
         unknown = sorted(set(options) - set(fields))
         if unknown:
             raise VariantError(
                 f"variant {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(fields) or '(none)'}"
             )
-        return cls.Options(**options)
+        opts = cls.Options(**options)
+        get_rule(getattr(opts, "optimizer", "adamw")).check(cls, opts)  # e.g. lora_fa with A = 0
+        return opts
 
     @classmethod
     def check_layer(cls, in_features: int, out_features: int, opts: Any, layer_name: str) -> None:
@@ -121,7 +136,8 @@ class Variant(nn.Module):
         """Data-driven initialisation before training (LoRA-GA, LoRA-SB). Default: nothing."""
 
     def on_step(self, step: int, total: int) -> None:
-        """Called after every optimizer step (DyLoRA rank sampling, AdaLoRA). Default: nothing."""
+        """Called after every optimizer step (DyLoRA rank sampling, AdaLoRA). Default: nothing.
+        (The optimisation rule's own ``on_step`` is called next to it by ``inject.on_step``.)"""
 
     # ---- compute ---------------------------------------------------------------------
     @property
@@ -149,10 +165,33 @@ class Variant(nn.Module):
         return merged - self.delta_weight().to(merged.dtype)
 
     # ---- optimisation ----------------------------------------------------------------
+    def factors(self) -> dict[str, nn.Parameter]:
+        """The low-rank factors by role, ``{"A": (r, in), "B": (out, r)}`` (LoRA family); ``{}`` here."""
+        return {}
+
+    @property
+    def rule(self):
+        """The optimisation rule of this layer (``optimizer=`` option; ``adamw`` without one)."""
+        rule = self.__dict__.get("_rule")
+        if rule is None:
+            from .rules import get_rule
+
+            rule = self.__dict__["_rule"] = get_rule(getattr(self.opts, "optimizer", "adamw"))(self.opts)
+        return rule
+
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Optimizer groups for this layer's trainable tensors. Default: one group."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay}] if params else []
+        """Optimizer groups for this layer's trainable tensors: the rule's (default: one group)."""
+        return self.rule.param_groups(self, lr, weight_decay)
+
+    def before_step(self) -> None:
+        """After backward (gradients complete and unscaled), before clipping and the optimizer
+        step: the rule adjusts gradients (LoRA-Pro, AltLoRA, ALLoRA) or factors (Stable-LoRA)."""
+        self.rule.before_step(self)
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """This layer's term added to the training loss (AdaLoRA's orthogonality regulariser), or
+        None (the default). ``inject.extra_loss`` sums it over the layers."""
+        return None
 
     @classmethod
     def num_trainable_formula(cls, in_features: int, out_features: int, opts: Any) -> int:
@@ -238,9 +277,13 @@ class AdaptedLinear(nn.Module):
     def set_weight(self, weight: torch.Tensor) -> None:
         """Write a (out, in) weight back into the base layer, keeping its dtype and layout."""
         if self.quantized:
+            # Rounding a residual of the already-rounded weight again would add a second
+            # quantisation error; quantizing after apply stores the exact residual once (QPiSSA).
             raise VariantError(
-                "this layer's base weight is stored in 4 bits and cannot be rewritten in place; "
-                "use a variant that leaves the base weight alone (e.g. init='kaiming'), or a full-precision base"
+                "this layer's base weight is stored in 4 bits and cannot be rewritten in place; apply the "
+                "adapter to the full-precision model and quantize afterwards (lorabench.quant.quantize_model: "
+                "the residual is then stored in 4 bits, as QPiSSA does), or use an init that leaves the base "
+                "weight alone (e.g. init='kaiming')"
             )
         w = self.base_layer.weight
         w.copy_(weight.t() if self.transposed else weight)

@@ -174,7 +174,7 @@ class DoRA(LoRA):
 
     @classmethod
     def num_trainable_formula(cls, in_features, out_features, opts):
-        return opts.r * (in_features + out_features) + out_features
+        return super().num_trainable_formula(in_features, out_features, opts) + out_features  # + magnitude (out,)
 
     # ---- PEFT export: LoRA factors + PEFT's magnitude vector ---------------------------
     def peft_tensors(self):

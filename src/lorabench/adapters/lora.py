@@ -17,6 +17,7 @@ from torch import nn
 
 from . import register
 from .base import Variant, VariantError, check
+from .rules import RuleOptions, get_rule
 
 #: name -> fn(variant, W (out, in) fp32). The fn sets lora_A / lora_B in place and may set
 #: ``variant.lora_A0 / lora_B0`` (the init factors) when W keeps only a residual.
@@ -44,6 +45,7 @@ def register_init(name: str, factorises_weight: bool = False, residual: bool = F
 
 @register_init("kaiming")
 def _kaiming(v: "LoRA", W: torch.Tensor) -> None:
+    """A Kaiming-uniform, B = 0: LoRA's default (Hu et al. 2021, arXiv 2106.09685)"""
     # Hu et al. 2021 (Sec. 4.1): A random, B = 0 so that dW = BA = 0 at init.
     nn.init.kaiming_uniform_(v.lora_A, a=math.sqrt(5))
     nn.init.zeros_(v.lora_B)
@@ -51,20 +53,36 @@ def _kaiming(v: "LoRA", W: torch.Tensor) -> None:
 
 @register_init("gaussian")
 def _gaussian(v: "LoRA", W: torch.Tensor) -> None:
+    """A ~ N(0, 1/r^2), B = 0: LoRA's random Gaussian A (Hu et al. 2021, arXiv 2106.09685)"""
     nn.init.normal_(v.lora_A, std=1.0 / v.opts.r)
     nn.init.zeros_(v.lora_B)
 
 
 @register_init("swapped")
 def _swapped(v: "LoRA", W: torch.Tensor) -> None:
+    """A = 0, B ~ U(-0.01, 0.01): the mirror image of LoRA's (Hayou, Ghosh & Yu 2024, arXiv 2406.08447)"""
     # Hayou, Ghosh & Yu 2024, "The impact of initialization on LoRA finetuning dynamics":
     # "Init[B]" — A = 0 and B random, the mirror image of the default "Init[A]".
     nn.init.zeros_(v.lora_A)
     nn.init.uniform_(v.lora_B, -0.01, 0.01)
 
 
+def describe_init(name: str) -> str:
+    """One line for ``lorabench variants``: the init's docstring, else the description of the
+    variant registered in the same file (``pissa`` -> PiSSA, ``olora`` -> OLoRA)."""
+    fn = INITS[name]
+    if (fn.__doc__ or "").strip():
+        return fn.__doc__.strip().splitlines()[0]
+    from . import get, names
+
+    same_file = [get(n) for n in names() if get(n).__module__ == fn.__module__]
+    return same_file[0].description if same_file else ""
+
+
 @dataclass
-class LoRAOptions:
+class _LoRAStructure:
+    """LoRA's own options (listed first; ``LoRAOptions`` adds the optimisation rule's)."""
+
     r: int = 8
     alpha: float = 8.0  # LoRA paper, RoBERTa GLUE runs: r = alpha = 8 (scale 1)
     dropout: float = 0.0
@@ -72,12 +90,18 @@ class LoRAOptions:
     rslora: bool = False  # scale alpha / sqrt(r) (Kalajdzievski 2023, arXiv 2312.03732)
     svd_niter: int = 0  # SVD-based inits: 0 = exact SVD, n > 0 = randomized SVD with n iterations
 
+
+@dataclass
+class LoRAOptions(RuleOptions, _LoRAStructure):
+    """LoRA's options, then the optimisation rule (``optimizer=``) and its options (``RuleOptions``)."""
+
     def __post_init__(self):
         check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}; use e.g. r=8")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha!r}; the LoRA paper uses alpha = r")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         check(self.init in INITS, f"unknown init {self.init!r}; choose one of: {', '.join(sorted(INITS))}")
         check(self.svd_niter >= 0, f"svd_niter must be >= 0 (0 = exact SVD), got {self.svd_niter!r}")
+        super().__post_init__()
 
 
 @register("lora")
@@ -88,10 +112,12 @@ class LoRA(Variant):
         (rsLoRA, Kalajdzievski 2023, arXiv 2312.03732: s = alpha / sqrt(r))
 
     Default init: A Kaiming-uniform (a = sqrt(5)), B = 0, so h = W0 x at init.
+    How A and B train is the optimisation rule's (``optimizer=``, ``adapters.rules``).
     """
 
     description = "LoRA: low-rank update s*BA (Hu et al. 2021, arXiv 2106.09685); init kaiming|gaussian|swapped"
     Options = LoRAOptions
+    has_lora_factors = True
 
     def __init__(self, in_features, out_features, opts, shared=None):
         super().__init__(in_features, out_features, opts, shared)
@@ -105,6 +131,8 @@ class LoRA(Variant):
             self.register_buffer("lora_B0", torch.zeros(out_features, r))  # (out, r)
         else:
             self.lora_A0 = self.lora_B0 = None
+        for role in self.rule.frozen:  # LoRA-FA: A never trains
+            self.factors()[role].requires_grad_(False)
 
     @classmethod
     def check_layer(cls, in_features, out_features, opts, layer_name):
@@ -135,6 +163,9 @@ class LoRA(Variant):
         self.lora_A0.copy_(self.lora_A)
         self.lora_B0.copy_(self.lora_B)
 
+    def factors(self):
+        return {"A": self.lora_A, "B": self.lora_B}
+
     def delta(self, x):
         z = F.linear(self.dropout(x), self.lora_A)  # (..., r)
         return F.linear(z * self.scale, self.lora_B)  # (..., out)
@@ -144,7 +175,9 @@ class LoRA(Variant):
 
     @classmethod
     def num_trainable_formula(cls, in_features, out_features, opts):
-        return opts.r * (in_features + out_features)
+        frozen = get_rule(getattr(opts, "optimizer", "adamw")).frozen
+        sizes = {"A": opts.r * in_features, "B": opts.r * out_features}
+        return sum(n for role, n in sizes.items() if role not in frozen)
 
     # ---- PEFT export: a plain LoRA with the scale folded into B --------------------------
     def lowrank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:

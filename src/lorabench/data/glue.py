@@ -204,6 +204,9 @@ def read_tsv(path: str | os.PathLike, spec: TaskSpec, split: str) -> list[Exampl
             texts = [row[i] for i in text_idx]
             label = -1 if label_idx is None else _parse_label(spec, row[label_idx], where)
             examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    if not examples:
+        raise DataError(f"{path} has no examples (no rows after the header); re-download {spec.display} "
+                        "or point --data-dir at a complete GLUE folder")
     return examples
 
 

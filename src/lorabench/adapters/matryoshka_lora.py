@@ -1,0 +1,202 @@
+"""MatryoshkaLoRA: one LoRA whose every prefix rank is a usable adapter, and the rank sweep.
+
+Training puts a fixed diagonal P between B and A, so one forward pass trains the nested
+LoRAs of all the ranks in S at once; evaluation uses any prefix rank b (``set_rank``).
+``evaluate_ranks`` sweeps b and ``lorabench.metrics.aurac`` summarises the curve.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+from .base import VariantError, check
+from .lora import RESIDUAL_INITS, LoRA, LoRAOptions
+
+#: Rules that read one scalar scale s (``adapter.scale``); P gives every component its own.
+_SCALAR_SCALE_RULES = ("lora_pro", "altlora")
+
+
+def power_of_two_ranks(r: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below r, then r itself: the official rank set (``1,2,4,...`` cut at r)."""
+    return tuple(2**i for i in range(r.bit_length()) if 2**i < r) + (r,)
+
+
+def _rank_tuple(value) -> tuple[int, ...] | None:
+    """None, a sequence of ints, or "1,2,4" / "[1,2,4]" (a --opt value) -> a sorted tuple."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.strip(" []()").replace(" ", "").split(",") if v]
+    ok = lambda v: (isinstance(v, numbers.Integral) and not isinstance(v, bool)) or (isinstance(v, str) and v.isdigit())
+    if not all(ok(v) for v in value):
+        raise VariantError(f"train_ranks must be positive integers, got {value!r}; "
+                           "e.g. train_ranks=[1, 2, 4, 8] (--opt train_ranks=1,2,4,8)")
+    return tuple(sorted({int(v) for v in value}))
+
+
+@dataclass
+class MatryoshkaLoRAOptions(LoRAOptions):
+    # Official scripts/bash_run.sh (IST-DASLab/MatryoshkaLoRA): RANK=32, --lora_scaling sqrt,
+    # i.e. s_b = 1 / sqrt(b) without alpha: alpha = 1 with rsLoRA scaling here.
+    r: int = 32
+    alpha: float = 1.0
+    rslora: bool = True
+    # S, the nested ranks trained together; None = 1, 2, 4, ... below r, and r.
+    train_ranks: tuple[int, ...] | None = None
+    # Evaluation at rank b: False = the paper's plain LoRA s_b B[:, :b] A[:b] (P is a training
+    # device); True = B[:, :b] diag(P[:b]) A[:b], so rank r in eval equals the trained function.
+    eval_p: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.train_ranks = _rank_tuple(self.train_ranks)
+        if self.train_ranks is not None:
+            bad = [b for b in self.train_ranks if not 1 <= b <= self.r]
+            check(not bad, f"train_ranks {bad} are outside 1..r={self.r}; keep every rank in 1..{self.r}")
+            check(
+                self.train_ranks[-1] == self.r,
+                f"train_ranks {list(self.train_ranks)} stop below r={self.r}: components beyond "
+                f"{self.train_ranks[-1]} would get P = 0 and never train; add {self.r} (or lower r)",
+            )
+        check(
+            self.init not in RESIDUAL_INITS,
+            f"init={self.init!r} moves a fixed rank-r part of W into the adapter, which evaluating at a "
+            "smaller rank cannot undo; use init='kaiming' (the paper's) or 'gaussian'",
+        )
+        check(
+            self.optimizer not in _SCALAR_SCALE_RULES,
+            f"optimizer={self.optimizer!r} assumes one scale s for all components, but MatryoshkaLoRA "
+            "scales each by P_i; use optimizer='adamw', 'lora_plus' or 'lora_fa'",
+        )
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return self.train_ranks or power_of_two_ranks(self.r)
+
+
+@register("matryoshka_lora")
+class MatryoshkaLoRA(LoRA):
+    """MatryoshkaLoRA: Learning Accurate Hierarchical Low-Rank Representations for LLM
+    Fine-Tuning. Modoranu, Safaryan & Alistarh 2026, arXiv 2605.07850.
+
+        train: h = W0 x + B diag(P) A x,  P_i = sum_{b in S, b > i} s_b   (Algorithm 1)
+               = W0 x + sum_{b in S} s_b B[:, :b] A[:b] x   (every nested LoRA in one pass)
+        eval:  h = W0 x + s_b B[:, :b] A[:b] x  at the rank set with set_rank(b) (default r)
+
+    s_b = alpha / sqrt(b) (rsLoRA, the official default) or alpha / b. P is fixed, not trained.
+    """
+
+    description = ("MatryoshkaLoRA: fixed diagonal P trains every prefix rank at once, evaluate at any rank "
+                   "(Modoranu et al. 2026, arXiv 2605.07850)")
+    Options = MatryoshkaLoRAOptions
+
+    def __init__(self, in_features, out_features, opts, shared=None):
+        super().__init__(in_features, out_features, opts, shared)
+        self.register_buffer("P", self.p_diagonal(opts), persistent=False)  # (r,), from the options
+        # The rank used in eval mode, delta_weight and export; a buffer, so it is saved.
+        self.register_buffer("eval_rank", torch.tensor(opts.r, dtype=torch.int64))
+        self.merged_rank: int | None = None
+
+    @staticmethod
+    def scale_of(opts, b: int) -> float:
+        return opts.alpha / (math.sqrt(b) if opts.rslora else b)
+
+    @classmethod
+    def p_diagonal(cls, opts) -> torch.Tensor:
+        """P_i = sum of s_b over the train ranks b that contain component i (b > i, 0-based)."""
+        P = torch.zeros(opts.r)
+        for b in opts.ranks:
+            P[:b] += cls.scale_of(opts, b)
+        return P
+
+    # ---- rank selection ----------------------------------------------------------------
+    def set_rank(self, rank: int) -> None:
+        """Use the first ``rank`` components in eval mode, delta_weight and export."""
+        r = self.opts.r
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= r:
+            raise VariantError(f"MatryoshkaLoRA rank must be an integer in 1..{r} (its max rank r), got {rank!r}")
+        self.eval_rank.fill_(int(rank))
+
+    @property
+    def scale(self) -> float:
+        return self.scale_of(self.opts, int(self.eval_rank))
+
+    def weights_at(self, b: int) -> torch.Tensor:
+        """Per-component scales of the rank-b adapter, (b,)."""
+        if self.opts.eval_p:
+            return self.P[:b].to(self.lora_A.dtype)
+        return torch.full((b,), self.scale_of(self.opts, b), dtype=self.lora_A.dtype, device=self.lora_A.device)
+
+    # ---- compute -------------------------------------------------------------------------
+    def delta(self, x):
+        if self.training:
+            z = F.linear(self.dropout(x), self.lora_A)  # (..., r)
+            return F.linear(z * self.P.to(z.dtype), self.lora_B)  # (..., out)
+        b = int(self.eval_rank)
+        z = F.linear(self.dropout(x), self.lora_A[:b])  # (..., b)
+        return F.linear(z * self.weights_at(b), self.lora_B[:, :b])  # (..., out)
+
+    def delta_at(self, b: int) -> torch.Tensor:
+        return (self.lora_B[:, :b] * self.weights_at(b)) @ self.lora_A[:b]  # (out, in)
+
+    def delta_weight(self):
+        return self.delta_at(int(self.eval_rank))
+
+    def merged_weight(self, weight):
+        # Remember the rank merged in, so unmerge removes exactly that even after set_rank.
+        self.merged_rank = int(self.eval_rank)
+        return weight + self.delta_at(self.merged_rank).to(weight.dtype)
+
+    def unmerged_weight(self, merged):
+        b = self.merged_rank if self.merged_rank is not None else int(self.eval_rank)
+        self.merged_rank = None
+        return merged - self.delta_at(b).to(merged.dtype)
+
+    # ---- PEFT export: a plain rank-b LoRA, the scales folded into B ---------------------
+    def lowrank_factors(self):
+        b = int(self.eval_rank)
+        return self.lora_B[:, :b] * self.weights_at(b), self.lora_A[:b]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, eval_rank={int(self.eval_rank)}"
+
+
+def evaluate_ranks(model: nn.Module, evaluate: Callable[[nn.Module], float], ranks=None) -> dict[int, float]:
+    """``{rank: evaluate(model)}`` with the adapter set to each rank (``lorabench.set_rank``).
+
+    Works for every rank-flexible variant (matryoshka_lora, dylora). ``ranks`` defaults to
+    1, 2, 4, ... up to the adapters' max rank r (and r). ``evaluate`` runs in eval mode; the
+    model's mode and every layer's rank are restored afterwards. Feed the result to
+    ``lorabench.metrics.aurac(list(d), list(d.values()))``.
+    """
+    from ..inject import adapted_layers, set_rank
+
+    layers = [layer for _, layer in adapted_layers(model)]
+    if any(layer.merged for layer in layers):
+        raise VariantError("evaluate_ranks needs an unmerged adapter (a merged one has a fixed rank); "
+                           "call lorabench.unmerge(model) first")
+    if not layers or not all(hasattr(layer.adapter, "set_rank") for layer in layers):
+        set_rank(model, 1)  # raises the "fixed rank" error before anything changes
+    max_rank = min(layer.adapter.opts.r for layer in layers)
+    ranks = power_of_two_ranks(max_rank) if ranks is None else tuple(ranks)
+    previous = [int(layer.adapter.eval_rank) for layer in layers]
+    was_training = model.training
+    model.eval()
+    scores: dict[int, float] = {}
+    try:
+        for b in ranks:
+            set_rank(model, b)
+            scores[int(b)] = float(evaluate(model))
+    finally:
+        for layer, b in zip(layers, previous):
+            layer.adapter.set_rank(b)
+        model.train(was_training)
+    return scores

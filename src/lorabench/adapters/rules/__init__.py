@@ -1,0 +1,138 @@
+"""Optimisation rules: how the gradients of a LoRA-family adapter become an update.
+
+``basic.py``: adamw, lora_plus, lora_fa, allora, stable; ``projected.py``: lora_pro, altlora.
+
+The third axis next to structure (the variant class) and initialisation (``INITS``)::
+
+    lorabench.apply(model, "dora", init="pissa", optimizer="lora_plus", lr_ratio=16)
+
+A rule is a small class with hooks; its options live on ``LoRAOptions`` (``RuleOptions``
+below), so every LoRA-family structure takes any rule. One optimizer step of ``train.fit``:
+
+    backward -> unscale (fp16) -> before_step (rule: gradients, factors) -> clip
+             -> AdamW.step over param_groups (rule: learning rates, betas) -> on_step
+
+A rule reads the factors by role, ``adapter.factors() == {"A": (r, in), "B": (out, r)}``;
+rules that need them are refused for structures without (VeRA, LoRA-XS, LoLDU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from ..base import VariantError, check
+
+#: name -> Rule class, in registration order.
+RULES: dict[str, type["Rule"]] = {}
+
+
+def register_rule(name: str):
+    """Class decorator: make a Rule subclass available as ``optimizer=name``."""
+
+    def wrap(cls):
+        cls.name = name
+        RULES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_rule(name: str) -> type["Rule"]:
+    if name not in RULES:
+        raise VariantError(f"unknown optimizer {name!r}; choose one of: {', '.join(RULES)} (`lorabench variants` lists them)")
+    return RULES[name]
+
+
+@dataclass
+class RuleOptions:
+    """The optimisation rule and the options of every rule (mixed into ``LoRAOptions``)."""
+
+    optimizer: str = "adamw"  # adamw | lora_plus | lora_fa | allora | lora_pro | stable | altlora
+    lr_ratio: float = 16.0  # lora_plus: lr of B / lr of A (the paper's suggested 2^4)
+    eta: float = 2.0  # allora: a row at 0 gets eta x its gradient
+    shrink_ratio: float = 5e-4  # stable: A <- (1 - shrink_ratio) A per early step (official example)
+    alt_beta: float = 0.9  # altlora: momentum of the low-rank momenta (official runs: 0.9)
+
+    def __post_init__(self):
+        get_rule(self.optimizer)
+        check(self.lr_ratio > 0, f"lr_ratio (lr of B / lr of A) must be > 0, got {self.lr_ratio!r}; LoRA+ recommends lr_ratio=16")
+        check(self.eta > 0, f"eta must be > 0, got {self.eta!r}; e.g. eta=2")
+        check(0 <= self.shrink_ratio < 1, f"shrink_ratio must be in [0, 1), got {self.shrink_ratio!r}; Stable-LoRA uses 5e-4")
+        check(0 <= self.alt_beta < 1, f"alt_beta must be in [0, 1), got {self.alt_beta!r}; AltLoRA uses 0.9")
+
+
+def check_unused_options(variant_cls: type, opts: Any) -> None:
+    """An option of another rule, changed from its default, would be silently ignored: refuse it."""
+    if not isinstance(opts, RuleOptions):
+        return
+    rule_fields = [f.name for f in fields(RuleOptions)]
+    active = RULES[opts.optimizer].options
+    for f in fields(RuleOptions):
+        owner = next((n for n, r in RULES.items() if f.name in r.options), None)
+        if owner and f.name not in active and getattr(opts, f.name) != f.default:
+            own = [g.name for g in fields(opts) if g.name not in rule_fields] + ["optimizer", *active]
+            raise VariantError(
+                f"variant {variant_cls.name!r} has no option {f.name!r} with optimizer={opts.optimizer!r} "
+                f"({f.name} belongs to optimizer={owner!r}: add optimizer={owner!r} or drop {f.name}); "
+                f"its options are: {', '.join(own)}"
+            )
+
+
+def _variants_with_rules() -> list[str]:
+    from .. import get, names
+
+    return [n for n in names() if "optimizer" in {f.name for f in fields(get(n).Options)}]
+
+
+def check_foreign_optimizer(variant_cls: type, name: Any) -> None:
+    """``optimizer=name`` given to a variant whose options have no rule: fine for the default
+    (``adamw``: the variant's own groups), a VariantError naming the fix otherwise."""
+    get_rule(name)
+    if name == "adamw":
+        return
+    why = ("has no low-rank factors A, B" if not variant_cls.has_lora_factors
+           else "has its optimisation rule built in")
+    raise VariantError(
+        f"optimizer={name!r} needs a LoRA-family variant with an 'optimizer' option; variant {variant_cls.name!r} "
+        f"{why}. Use one of: {', '.join(_variants_with_rules())} (e.g. variant='lora', optimizer={name!r})"
+    )
+
+
+class Rule:
+    """Hooks with do-nothing defaults; one instance per adapted layer (it may keep state)."""
+
+    name: ClassVar[str] = ""
+    #: One line for ``lorabench variants``: what it does and the paper.
+    description: ClassVar[str] = ""
+    #: Names of its fields in ``RuleOptions``.
+    options: ClassVar[tuple[str, ...]] = ()
+    #: Factor roles it reads or changes; structures without them are refused.
+    needs: ClassVar[tuple[str, ...]] = ("A", "B")
+    #: Factor roles that never train (LoRA-FA: A); the structure freezes them.
+    frozen: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, opts: Any):
+        self.opts = opts
+
+    @classmethod
+    def check(cls, variant_cls: type, opts: Any) -> None:
+        """Raise VariantError for a combination that makes no sense (called by make_options)."""
+        if cls.needs and not variant_cls.has_lora_factors:
+            check_foreign_optimizer(variant_cls, cls.name)
+        check_unused_options(variant_cls, opts)
+
+    def param_groups(self, adapter, lr: float, weight_decay: float) -> list[dict]:
+        params = [p for p in adapter.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}] if params else []
+
+    def before_step(self, adapter) -> None:
+        """After the gradients are complete (unscaled), before clipping and the optimizer step."""
+
+    def on_step(self, adapter, step: int, total: int) -> None:
+        """After the optimizer step."""
+
+
+# The rules register on import; they use the names above.
+from . import basic, projected  # noqa: E402,F401
+from .basic import ZERO_A_INITS, row_coefficients  # noqa: E402,F401

@@ -1,0 +1,383 @@
+"""The optimisation-rule axis (``optimizer=``): composition with any LoRA-family structure,
+the errors for combinations that make no sense, and each rule's defining property:
+LoRA-Pro's projected gradient, Stable-LoRA's shrinkage, AltLoRA's alternating projected steps,
+ALLoRA's row scaling, LoRA+ learning rates, LoRA-FA's frozen A. (Generic checks: test_contract.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import lorabench
+from lorabench.adapters import VariantError, get
+from lorabench.adapters.rules import RULES, RuleOptions
+from lorabench.adapters.rules.projected import lora_pro_gradients
+from lorabench.inject import adapted_layers
+
+from conftest import build_model, make_batch, outputs, train_steps
+
+TARGETS = ["query", "value", "dense"]
+
+
+def first_adapter(model):
+    return next(iter(adapted_layers(model)))[1].adapter
+
+
+def group_of(groups, p) -> dict:
+    (g,) = [g for g in groups if any(q is p for q in g["params"])]
+    return g
+
+
+# ---- a single linear layer with a known full-weight gradient G ------------------------------
+def single_layer(optimizer: str, r: int = 2, alpha: float = 4.0, seed: int = 0, **opts):
+    """nn.Linear(5 -> 6) in float64 with a LoRA whose A and B are both random, and a loss
+    L = sum(C * y) whose full-weight gradient is G = C^T x (out, in)."""
+    torch.manual_seed(seed)
+    model = lorabench.apply(nn.Sequential(nn.Linear(5, 6)), "lora", targets=["0"], r=r, alpha=alpha,
+                            optimizer=optimizer, **opts).double()
+    v = first_adapter(model)
+    with torch.no_grad():
+        v.lora_A.normal_()
+        v.lora_B.normal_()
+    x, C = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
+    return model, v, x, C, C.T @ x
+
+
+def lowrank_projection(G, A=None, B=None, s: float = 1.0) -> torch.Tensor:
+    """Brute force: the point of {s (B X + Y A)} (or of {s B X}, {s Y A} when one factor is
+    None) nearest G, by least squares over the free factors (row-major vec)."""
+    out, n = G.shape
+    blocks = []
+    if B is not None:
+        blocks.append(torch.kron(B, torch.eye(n, dtype=G.dtype)))  # vec(B X) = (B (x) I) vec(X)
+    if A is not None:
+        blocks.append(torch.kron(torch.eye(out, dtype=G.dtype), A.T.contiguous()))  # vec(Y A) = (I (x) A^T) vec(Y)
+    M = s * torch.cat(blocks, dim=1)
+    sol = torch.linalg.lstsq(M, G.contiguous().reshape(-1), driver="gelsd").solution
+    return (M @ sol).reshape(out, n)
+
+
+def backward(model, x, C):
+    model.zero_grad(set_to_none=True)
+    (model(x) * C).sum().backward()
+
+
+# ---- LoRA-Pro --------------------------------------------------------------------------------
+def test_lora_pro_equivalent_gradient_is_the_least_squares_projection_of_G():
+    model, v, x, C, G = single_layer("lora_pro")
+    A, B, s = v.lora_A.detach(), v.lora_B.detach(), v.scale
+    backward(model, x, C)
+    g_A, g_B = v.lora_A.grad.clone(), v.lora_B.grad.clone()
+    torch.testing.assert_close(g_A, s * B.T @ G)  # what LoRA's gradients are
+    lorabench.before_step(model)
+    equivalent = s * (B @ v.lora_A.grad + v.lora_B.grad @ A)
+    best = lowrank_projection(G, A, B, s)
+    torch.testing.assert_close(equivalent, best, atol=1e-7, rtol=1e-6)
+    plain = s * (B @ g_A + g_B @ A)  # plain LoRA's equivalent gradient
+    assert (equivalent - G).norm() < 0.99 * (plain - G).norm()
+
+
+def test_lora_pro_sylvester_choice_keeps_the_gradients_closest_to_lora_s():
+    """Theorem 3: any X gives the same equivalent gradient; the Sylvester solution minimises
+    ||g_A' - g_A||^2 + ||g_B' - g_B||^2."""
+    torch.manual_seed(1)
+    A, B = torch.randn(3, 8, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    G, s = torch.randn(9, 8, dtype=torch.float64), 0.5
+    g_A, g_B = s * B.T @ G, s * G @ A.T
+    new_A, new_B = lora_pro_gradients(A, B, g_A, g_B, s)
+    distance = lambda gA, gB: (gA - g_A).square().sum() + (gB - g_B).square().sum()  # noqa: E731
+    best = distance(new_A, new_B)
+    for _ in range(5):
+        D = 1e-2 * torch.randn(3, 3, dtype=torch.float64)
+        torch.testing.assert_close(s * (B @ (new_A + D @ A) + (new_B - B @ D) @ A), s * (B @ new_A + new_B @ A))
+        assert distance(new_A + D @ A, new_B - B @ D) > best
+
+
+def test_lora_pro_is_finite_at_the_zero_init_of_B():
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer="lora_pro")
+    model.train()
+    model(**make_batch()).loss.backward()
+    lorabench.before_step(model)
+    for _, layer in adapted_layers(model):
+        v = layer.adapter
+        assert torch.isfinite(v.lora_A.grad).all() and torch.isfinite(v.lora_B.grad).all()
+        assert v.lora_A.grad.abs().max() == 0 and v.lora_B.grad.abs().max() > 0  # B = 0: g_A = s B^T G = 0
+
+
+# ---- Stable-LoRA ------------------------------------------------------------------------------
+def test_stable_shrinks_A_by_the_factor_until_the_condition_holds_then_never_again():
+    model = lorabench.apply(build_model("bert"), "lora", targets=["query"], r=4, optimizer="stable", shrink_ratio=0.1)
+    v = first_adapter(model)  # query: 32 -> 32, so the condition is ||A|| < ||B||
+    A0 = v.lora_A.detach().clone()
+    for k in range(1, 4):  # B = 0: ||A|| < (in/out) ||B|| is false, so A shrinks
+        lorabench.before_step(model)
+        torch.testing.assert_close(v.lora_A.detach(), 0.9**k * A0)
+    assert v.lora_A.norm().item() == pytest.approx(0.9**3 * A0.norm().item(), rel=1e-6)
+    with torch.no_grad():
+        v.lora_B.fill_(1.0)  # now ||A|| < ||B||: shrinking stops
+    frozen = v.lora_A.detach().clone()
+    lorabench.before_step(model)
+    assert torch.equal(v.lora_A, frozen) and not v.rule.shrinking
+    with torch.no_grad():
+        v.lora_B.zero_()  # even if the condition fails again, A is never shrunk again
+    lorabench.before_step(model)
+    assert torch.equal(v.lora_A, frozen)
+
+
+def test_stable_stopping_condition_uses_the_numel_ratio_on_non_square_layers():
+    model = lorabench.apply(build_model("bert"), "lora", targets=["intermediate.dense"], r=4, optimizer="stable")
+    v = first_adapter(model)  # 32 -> 64: condition ||A|| < (32 / 64) ||B||
+    with torch.no_grad():
+        v.lora_B.copy_(torch.ones_like(v.lora_B) * 1.5 * v.lora_A.norm() / v.lora_B.numel() ** 0.5)  # ||B|| = 1.5 ||A||
+    before = v.lora_A.detach().clone()
+    lorabench.before_step(model)  # 1.5 * 0.5 < 1: still shrinking
+    torch.testing.assert_close(v.lora_A.detach(), (1 - 5e-4) * before)
+    with torch.no_grad():
+        v.lora_B.mul_(2)  # ||B|| = 3 ||A||: 3 * 0.5 > 1
+    before = v.lora_A.detach().clone()
+    lorabench.before_step(model)
+    assert torch.equal(v.lora_A, before)
+
+
+# ---- AltLoRA ------------------------------------------------------------------------------
+def test_altlora_moves_one_factor_per_step_B_first():
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer="altlora")
+    groups = lorabench.param_groups(model, lr=1e-2, weight_decay=0.1)  # decay would move an idle factor
+    v = first_adapter(model)
+    assert group_of(groups, v.lora_A)["betas"] == (0.0, 0.999) and group_of(groups, v.lora_B)["betas"] == (0.0, 0.999)
+    assert "betas" not in group_of(groups, model.classifier.weight)
+    opt = torch.optim.AdamW(groups)
+    model.train()
+    for step, moving in enumerate(["B", "A", "B", "A"], start=1):
+        before = {n: (l.adapter.lora_A.detach().clone(), l.adapter.lora_B.detach().clone()) for n, l in adapted_layers(model)}
+        model(**make_batch()).loss.backward()
+        lorabench.before_step(model)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for n, layer in adapted_layers(model):
+            A0, B0 = before[n]
+            a_moved = not torch.equal(layer.adapter.lora_A, A0)
+            b_moved = not torch.equal(layer.adapter.lora_B, B0)
+            assert (a_moved, b_moved) == (moving == "A", moving == "B"), (step, n)
+
+
+def test_altlora_step_is_the_least_squares_projection_onto_the_moving_factor():
+    model, v, x, C, G = single_layer("altlora", alt_beta=0.0)
+    s = v.scale
+    opt = torch.optim.SGD(lorabench.param_groups(model, lr=0.05))
+    backward(model, x, C)
+    lorabench.before_step(model)  # step 1: B, with A held fixed
+    assert v.lora_A.grad is None
+    A = v.lora_A.detach()
+    torch.testing.assert_close(s * v.lora_B.grad @ A, lowrank_projection(G, A=A, s=s), atol=1e-5, rtol=1e-4)
+    opt.step()
+    backward(model, x, C)
+    lorabench.before_step(model)  # step 2: A, with the new B held fixed
+    assert v.lora_B.grad is None
+    B = v.lora_B.detach()
+    torch.testing.assert_close(s * B @ v.lora_A.grad, lowrank_projection(G, B=B, s=s), atol=1e-5, rtol=1e-4)
+
+
+def test_altlora_momentum_is_carried_into_the_new_basis():
+    beta, ridge = 0.5, 1e-5
+    model, v, x, C, G = single_layer("altlora", alt_beta=beta)
+    s = v.scale
+    opt = torch.optim.SGD(lorabench.param_groups(model, lr=0.05))
+    gram_inv = lambda M: torch.linalg.inv(M @ M.T + ridge * torch.eye(M.shape[0], dtype=M.dtype))  # noqa: E731
+
+    backward(model, x, C)
+    A1 = v.lora_A.detach().clone()
+    g1 = v.lora_B.grad @ gram_inv(A1) / s**2  # the projected gradient of step 1
+    lorabench.before_step(model)
+    torch.testing.assert_close(v.lora_B.grad, g1)  # (1 - beta) g1 / (1 - beta)
+    opt.step()
+    backward(model, x, C)  # step 2 moves A
+    lorabench.before_step(model)
+    opt.step()
+    backward(model, x, C)  # step 3: B again, in the basis of the new A
+    A3 = v.lora_A.detach().clone()
+    assert not torch.allclose(A3, A1)
+    g3 = v.lora_B.grad @ gram_inv(A3) / s**2
+    carry = A1 @ A3.T @ gram_inv(A3)  # (r, r): old-basis momentum expressed in the new A
+    expected = (beta * (1 - beta) * g1 @ carry + (1 - beta) * g3) / (1 - beta**2)
+    lorabench.before_step(model)
+    torch.testing.assert_close(v.lora_B.grad, expected)
+
+
+# ---- ALLoRA, LoRA+, LoRA-FA as rules on other structures ----------------------------------------
+def test_allora_rule_scales_each_row_of_dora_gradients():
+    eta = 3.0
+    ruled = lorabench.apply(build_model("bert"), "dora", targets=TARGETS, r=4, optimizer="allora", eta=eta)
+    plain = lorabench.apply(build_model("bert"), "dora", targets=TARGETS, r=4)
+    for (_, a), (_, b) in zip(adapted_layers(ruled), adapted_layers(plain)):
+        with torch.no_grad():
+            b.adapter.load_state_dict(a.adapter.state_dict())
+            for m in (a, b):
+                m.adapter.lora_B.copy_(0.1 * torch.ones_like(m.adapter.lora_B))
+    for m in (ruled, plain):
+        m.train()
+        m(**make_batch()).loss.backward()
+    lorabench.before_step(ruled)
+    for (_, a), (_, b) in zip(adapted_layers(ruled), adapted_layers(plain)):
+        for p, q in ((a.adapter.lora_A, b.adapter.lora_A), (a.adapter.lora_B, b.adapter.lora_B)):
+            coef = 1 / torch.sqrt(p.detach().square().sum(1, keepdim=True) + 1 / eta**2)
+            torch.testing.assert_close(p.grad, q.grad * coef)
+        torch.testing.assert_close(a.adapter.magnitude.grad, b.adapter.magnitude.grad)  # not a factor
+
+
+def test_dora_with_lora_plus_gives_B_ratio_times_lr_and_A_magnitude_lr():
+    model = lorabench.apply(build_model("bert"), "dora", targets=TARGETS, r=4, optimizer="lora_plus", lr_ratio=8)
+    groups = lorabench.param_groups(model, lr=1e-3, weight_decay=0.01)
+    for _, layer in adapted_layers(model):
+        v = layer.adapter
+        assert group_of(groups, v.lora_B)["lr"] == pytest.approx(8e-3)
+        assert group_of(groups, v.lora_A)["lr"] == 1e-3 and group_of(groups, v.magnitude)["lr"] == 1e-3
+        assert group_of(groups, v.lora_B)["weight_decay"] == group_of(groups, v.lora_A)["weight_decay"] == 0.01
+        assert group_of(groups, v.magnitude)["weight_decay"] == 0.0  # DoRA's own rule still holds
+    assert group_of(groups, model.classifier.weight)["lr"] == 1e-3
+
+
+def test_lora_fa_rule_freezes_A_of_pissa_and_dora():
+    for variant in ("pissa", "dora"):
+        model = lorabench.apply(build_model("bert"), variant, targets=TARGETS, r=4, optimizer="lora_fa")
+        groups = lorabench.param_groups(model, lr=1e-2, weight_decay=0.5)
+        A0 = {n: l.adapter.lora_A.detach().clone() for n, l in adapted_layers(model)}
+        train_steps(model, make_batch())
+        for n, layer in adapted_layers(model):
+            v = layer.adapter
+            assert not v.lora_A.requires_grad and all(p is not v.lora_A for g in groups for p in g["params"])
+            assert torch.equal(v.lora_A, A0[n])
+        per_layer = sum(4 * l.adapter.out_features + (l.adapter.out_features if variant == "dora" else 0)
+                        for _, l in adapted_layers(model))
+        head = sum(p.numel() for p in model.classifier.parameters())
+        assert lorabench.count_parameters(model)[0] == per_layer + head  # B (+ DoRA's magnitude) only
+    pissa = get("pissa")
+    assert pissa.num_trainable_formula(32, 64, pissa.make_options(r=4, optimizer="lora_fa")) == 4 * 64
+
+
+def test_variants_lora_plus_and_lora_fa_are_the_lora_structure_with_a_default_rule():
+    for variant, opts in (("lora_plus", {"lr_ratio": 4}), ("lora_fa", {})):
+        alias = lorabench.apply(build_model("bert"), variant, targets=TARGETS, r=4, **opts)
+        composed = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer=variant, **opts)
+        train_steps(alias, make_batch())
+        train_steps(composed, make_batch())
+        torch.testing.assert_close(outputs(alias, make_batch()), outputs(composed, make_batch()), atol=0, rtol=0)
+        assert get(variant).make_options().optimizer == variant
+
+
+# ---- combinations that make no sense ---------------------------------------------------------
+@pytest.mark.parametrize("variant, opts, message", [
+    ("vera", {"optimizer": "lora_fa"}, r"variant 'vera' has no low-rank factors A, B\. Use one of: .*lora.*pissa"),
+    ("lora_xs", {"optimizer": "lora_pro"}, r"variant 'lora_xs' has no low-rank factors.*variant='lora', optimizer='lora_pro'"),
+    ("lora", {"optimizer": "lora_fa", "init": "swapped"}, r"init='swapped' sets A = 0.*use init='kaiming'"),
+    ("lora", {"optimizer": "sgd"}, r"unknown optimizer 'sgd'; choose one of: adamw, lora_plus"),
+    ("lora", {"lr_ratio": 4}, r"'lora' has no option 'lr_ratio' with optimizer='adamw' \(lr_ratio belongs to "
+                              r"optimizer='lora_plus': add optimizer='lora_plus' or drop lr_ratio\); its options are: "
+                              r"r, alpha, dropout, init, rslora, svd_niter, optimizer$"),
+    ("dora", {"optimizer": "lora_plus", "eta": 3}, r"no option 'eta' with optimizer='lora_plus'.*svd_niter, optimizer, lr_ratio$"),
+    ("dylora", {"optimizer": "altlora"}, r"'dylora' trains a different rank each step; use optimizer='adamw'"),
+    ("allora", {"optimizer": "lora_plus"}, r"variant 'allora' has its optimisation rule built in.*variant='lora'"),
+    ("lora", {"optimizer": "stable", "shrink_ratio": 1.0}, r"shrink_ratio must be in \[0, 1\)"),
+    ("lora", {"optimizer": "altlora", "alt_beta": -0.1}, r"alt_beta must be in \[0, 1\)"),
+])
+def test_bad_combinations_raise_before_the_model_changes(variant, opts, message):
+    model = build_model("bert")
+    with pytest.raises(VariantError, match=message):
+        lorabench.apply(model, variant, targets=TARGETS, **opts)
+    assert getattr(model, "lorabench_state", None) is None and not list(adapted_layers(model))
+
+
+def test_adamw_is_accepted_by_every_variant():
+    model = lorabench.apply(build_model("bert"), "vera", targets=TARGETS, r=4, optimizer="adamw")
+    assert "optimizer" not in model.lorabench_state.options  # vera has no rules: nothing to record
+    assert first_adapter(model).rule.name == "adamw"
+
+
+# ---- the training loop, the CLI, save/load, PEFT export ----------------------------------------
+def synthetic_loaders(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 100, (n, 8), generator=g)
+    data = [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": (ids[i, 0] >= 50).long()} for i in range(n)]
+    collate = torch.utils.data.default_collate
+    return DataLoader(data, batch_size=16, collate_fn=collate), {"validation": DataLoader(data[:32], batch_size=32, collate_fn=collate)}
+
+
+@pytest.mark.parametrize("optimizer", ["lora_pro", "altlora", "stable"])
+def test_fit_calls_before_step_once_per_optimizer_step(optimizer, monkeypatch):
+    from lorabench import inject
+    from lorabench.config import RunConfig
+    from lorabench.data import get_task
+    from lorabench.train import fit
+
+    calls = []
+    real = inject.before_step
+    monkeypatch.setattr(inject, "before_step", lambda model: (calls.append(1), real(model)))
+    cfg = RunConfig.from_dict({"lr": 1e-2, "epochs": 2, "batch_size": 16, "quiet": True, "targets": TARGETS,
+                               "options": {"r": 4, "optimizer": optimizer}})
+    model = lorabench.apply(build_model("bert"), cfg.variant, cfg.targets, **cfg.variant_options())
+    train, dev = synthetic_loaders()
+    out = fit(model, train, dev, get_task("sst2"), cfg, progress=False)
+    assert out["status"] == "ok" and out["step"] == 8 and len(calls) == 8
+    assert all(math.isfinite(loss) for _, loss in out["train_loss"])
+
+
+def test_cli_opt_optimizer_composes_structure_init_and_rule():
+    from lorabench import cli
+    from lorabench.config import ConfigError
+
+    args = cli.build_parser().parse_args(["train", "--variant", "dora", "--opt", "init=pissa",
+                                          "--opt", "optimizer=lora_plus", "--opt", "lr_ratio=4"])
+    opts = cli.config_from_args(args).variant_options()
+    assert (opts["init"], opts["optimizer"], opts["lr_ratio"]) == ("pissa", "lora_plus", 4.0)
+    args = cli.build_parser().parse_args(["train", "--variant", "vera", "--opt", "optimizer=lora_fa"])
+    with pytest.raises(ConfigError, match="has no low-rank factors"):
+        cli.config_from_args(args).variant_options()
+
+
+def test_variants_lists_structures_initialisations_and_rules():
+    from lorabench.adapters.lora import INITS
+    from lorabench.cli import describe_variants
+
+    text = describe_variants()
+    assert text.index("structures") < text.index("\ninitialisations") < text.index("\noptimisation rules")
+    rules = text[text.index("\noptimisation rules"):].splitlines()[2:]
+    assert [line.split()[0] for line in rules] == list(RULES)
+    for line, rule in zip(rules, RULES.values()):
+        assert rule.description in line and "arXiv" in line
+        defaults = {f.name: f.default for f in dataclasses.fields(RuleOptions)}
+        assert all(f"{o}={defaults[o]!r}" in line for o in rule.options)
+    inits = text[text.index("\ninitialisations"):text.index("\noptimisation rules")].splitlines()[2:]
+    assert sorted(line.split()[0] for line in inits) == sorted(INITS)
+    assert all("arXiv" in line for line in inits)
+
+
+def test_save_load_keeps_the_rule(tmp_path):
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer="altlora", alt_beta=0.8)
+    train_steps(model, make_batch())
+    lorabench.save_adapter(model, tmp_path)
+    loaded = lorabench.load_adapter(build_model("bert"), tmp_path)
+    v = first_adapter(loaded)
+    assert v.opts.optimizer == "altlora" and v.opts.alt_beta == 0.8 and v.rule.name == "altlora"
+    torch.testing.assert_close(outputs(loaded.eval(), make_batch()), outputs(model, make_batch()), atol=1e-6, rtol=0)
+
+
+def test_a_rule_trained_lora_exports_to_peft(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer="lora_pro")
+    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=1e-2))
+    model.train()
+    for _ in range(3):
+        model(**make_batch()).loss.backward()
+        lorabench.before_step(model)
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    lorabench.export_peft(model, tmp_path)  # the rule changes how it trained, not what it is
+    loaded = peft.PeftModel.from_pretrained(build_model("bert"), tmp_path).eval()
+    torch.testing.assert_close(outputs(loaded, make_batch()), outputs(model, make_batch()), atol=1e-5, rtol=0)
