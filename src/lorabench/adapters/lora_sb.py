@@ -6,12 +6,11 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from . import register
-from .base import Variant, VariantError, check
+from .base import VariantError, check
 from .lora_ga import _weight_gradients
+from .lora_xs import LoRAXS
 
 UPDATES = ("adam", "sgd")
 
@@ -30,6 +29,10 @@ class LoRASBOptions:
     init_lr: float = 1e-5
     svd_niter: int = 0  # 0 = exact SVD; n > 0 = randomized SVD (the official code: niter=10, q=r)
 
+    # LoRA-XS options LoRA-SB fixes (constants, not options): R starts at 0 until prepare(), no dropout.
+    init_std = 0.0
+    dropout = 0.0
+
     def __post_init__(self):
         check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}; use e.g. r=8")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha!r}; the official scripts use alpha = r")
@@ -39,7 +42,7 @@ class LoRASBOptions:
 
 
 @register("lora_sb")
-class LoRASB(Variant):
+class LoRASB(LoRAXS):
     """LoRA-SB: "Initialization using Update Approximation is a Silver Bullet for Extremely Efficient
     Low-Rank Fine-Tuning". Ponkshe, Singhal, Gorbunov, Tumanov, Horvath & Vepakomma 2024, arXiv 2411.19557.
 
@@ -60,11 +63,9 @@ class LoRASB(Variant):
     identity_at_init = False  # after prepare() the model has taken (the rank-r part of) one full-FT step
 
     def __init__(self, in_features, out_features, opts, shared=None):
+        # LoRA-XS's tensors: lora_A (r, in) = V_r^T, lora_B (out, r) = U_r, R (r, r) = S_r / s after prepare()
         super().__init__(in_features, out_features, opts, shared)
-        r = opts.r
-        self.register_buffer("lora_A", torch.zeros(r, in_features))  # (r, in), V_r^T
-        self.register_buffer("lora_B", torch.zeros(out_features, r))  # (out, r), U_r
-        self.R = nn.Parameter(torch.zeros(r, r))  # (r, r), S_r / s after prepare()
+        self.R.data.zero_()
         # False only between a fresh apply() and prepare(); a loaded adapter is complete.
         self.prepared = True
         self._warned = False
@@ -76,10 +77,6 @@ class LoRASB(Variant):
                 f"r={opts.r} is larger than min(in, out) = {min(in_features, out_features)} of layer "
                 f"{layer_name!r}, whose update LoRA-SB truncates to rank r; choose r <= {min(in_features, out_features)}"
             )
-
-    @property
-    def scale(self) -> float:
-        return self.opts.alpha / self.opts.r
 
     def init_from_base(self, weight):
         self.prepared = False  # the init needs gradients: prepare()
@@ -119,7 +116,7 @@ class LoRASB(Variant):
         for layer, G in zip(layers, _weight_gradients(model, layers, batches)):
             layer.adapter.init_from_gradient(G)
 
-    # ---- compute -----------------------------------------------------------------------
+    # ---- compute: LoRA-XS's delta, delta_weight, parameter count and PEFT export (s B R A) -----
     def forward(self, x, layer):
         # (prepare's own passes run with R frozen, so they do not warn)
         if self.training and not self.prepared and not self._warned and self.R.requires_grad:
@@ -129,26 +126,3 @@ class LoRASB(Variant):
                 "trains nothing; call prepare with a few training batches first", stacklevel=2
             )
         return super().forward(x, layer)
-
-    def delta(self, x):
-        z = F.linear(x, self.lora_A)  # (..., r)
-        z = F.linear(z, self.R * self.scale)  # (..., r)
-        return F.linear(z, self.lora_B)  # (..., out)
-
-    def delta_weight(self):
-        return self.scale * (self.lora_B @ self.R @ self.lora_A)  # (out, in)
-
-    @classmethod
-    def num_trainable_formula(cls, in_features, out_features, opts):
-        return opts.r * opts.r
-
-    # ---- PEFT export: a rank-r LoRA, lora_B = s B R, lora_A = A ---------------------------
-    def peft_tensors(self):
-        return {
-            "lora_A.weight": self.lora_A.detach().contiguous(),
-            "lora_B.weight": (self.scale * self.lora_B @ self.R).detach().contiguous(),
-        }
-
-    def peft_config(self):
-        r = self.opts.r
-        return {"peft_type": "LORA", "r": r, "lora_alpha": r, "use_rslora": False, "lora_dropout": 0.0}
