@@ -126,6 +126,8 @@ CASES = [
     Case("layers-beyond-model", train(*MINILM[:2], "--layers", "9"), ("out of range: the model has 6 layers",
                                                                      "pass 1..6")),
     Case("lm-head-on-encoder", train(*MINILM, "--head", "lm"), ("needs a decoder-only model", "use head='cls'")),
+    Case("mean-pooling-with-lm-head", train(*MINILM, "--head", "lm", "--pooling", "mean"),
+         ("pooling 'mean' goes with head 'cls'",)),
     Case("targets-match-nothing", train(*MINILM, "--targets", "q_proj,v_proj"),
          ("match no linear layer", "candidate names", "query")),
     Case("svd-rank-above-layer", train(*MINILM, "--variant", "pissa", "--r", "400"),

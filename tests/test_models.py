@@ -126,7 +126,7 @@ def test_folder_without_tokenizer_or_safetensors_weights_is_refused(tmp_path, gp
 def test_minilm_truncated_to_two_layers_keeps_its_pretrained_weights():
     from safetensors import safe_open
 
-    model, tokenizer = load_model("minilm", SST2, layers=2)
+    model, tokenizer = load_model("minilm", SST2, layers=2, pooling="cls")
     assert type(model).__name__ == "BertForSequenceClassification"
     assert model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
     assert model.config.id2label == {0: "negative", 1: "positive"}
@@ -137,6 +137,74 @@ def test_minilm_truncated_to_two_layers_keeps_its_pretrained_weights():
     with torch.no_grad():
         logits = model(**_batch(tokenizer, TEXTS)).logits
     assert logits.shape == (3, 2) and logits.dtype == torch.float32
+
+
+def test_minilm_declares_mean_pooling_and_auto_follows_it():
+    path = resolve_model("minilm")
+    assert models.declared_pooling(path) == "mean"  # its sentence-transformers 1_Pooling/config.json
+    model, tokenizer = load_model("minilm", SST2, layers=2)
+    assert isinstance(model, models.MeanPoolClassifier) and model.pooling == "mean"
+    assert model.bert.pooler is None  # the unused [CLS] pooler is dropped
+    model.eval()
+    batch = _batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        hidden = model.bert(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = model.classifier((hidden * mask).sum(1) / mask.sum(1))
+    torch.testing.assert_close(logits, expected)
+    # padding does not move the pooled mean: the short sentence alone gives the same logits
+    with torch.no_grad():
+        alone = model(**_batch(tokenizer, TEXTS[1:2])).logits
+    torch.testing.assert_close(alone[0], logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_mean_pooling_head_trains_with_the_adapter_and_names_layers_as_before():
+    import lorabench
+
+    mean, tokenizer = load_model("minilm", STSB, layers=1, pooling="mean")
+    cls, _ = load_model("minilm", STSB, layers=1, pooling="cls")
+    for m in (mean, cls):
+        lorabench.apply(m, "lora", ["query", "value"], r=2)
+    adapted = lambda m: sorted(n for n, p in m.named_parameters() if p.requires_grad and "lora" in n)
+    assert adapted(mean) == adapted(cls)  # same layer names: adapters move between the two heads
+    trainable = {n for n, p in mean.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= trainable
+    labels = torch.tensor([0.5, 4.0])
+    out = mean(**_batch(tokenizer, TEXTS[:2]), labels=labels)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(-1), labels))
+    out.loss.backward()
+    assert mean.classifier.weight.grad is not None and mean.classifier.weight.grad.abs().sum() > 0
+
+
+def test_declared_pooling_reads_the_sentence_transformers_config(tmp_path):
+    assert models.declared_pooling(str(tmp_path)) == "cls"  # declares nothing: the model's own head
+    (tmp_path / "1_Pooling").mkdir()
+    cfg = tmp_path / "1_Pooling" / "config.json"
+    cfg.write_text('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}')
+    assert models.declared_pooling(str(tmp_path)) == "cls"
+    cfg.write_text('{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}')
+    assert models.declared_pooling(str(tmp_path)) == "mean"
+    cfg.write_text("not json")
+    assert models.declared_pooling(str(tmp_path)) == "cls"
+
+
+def test_bad_pooling_is_refused_before_loading():
+    with pytest.raises(ModelError, match="unknown pooling 'max'"):
+        load_model("minilm", SST2, layers=1, pooling="max")
+    with pytest.raises(ModelError, match="head='cls'"):
+        load_model("minilm", SST2, layers=1, head="lm", pooling="mean")
+
+
+def test_a_mean_pooled_model_is_not_exported_for_peft(tmp_path):
+    import lorabench
+    from lorabench.adapters import VariantError
+    from lorabench.peft_export import export_peft
+
+    model, _ = load_model("minilm", SST2, layers=1)
+    lorabench.apply(model, "lora", ["query", "value"], r=2)
+    with pytest.raises(VariantError, match="--pooling cls"):
+        export_peft(model, tmp_path / "peft")
 
 
 def test_minilm_stsb_is_a_one_output_regression_head():
@@ -228,6 +296,20 @@ def test_smollm2_cls_head_pads_right_and_reads_the_last_real_token(smol_cache):
         alone = model(**_batch(tokenizer, TEXTS[1:2])).logits  # (1, 2)
     assert logits.shape == (3, 2)
     assert torch.allclose(logits[1], alone[0], atol=1e-5)
+
+
+def test_smollm2_declares_no_pooling_and_can_mean_pool_into_its_score_head(smol_cache):
+    cache, _ = smol_cache
+    auto, _ = load_model("smollm2-135m", SST2, layers=2, cache_dir=cache)
+    assert type(auto).__name__ == "LlamaForSequenceClassification"  # reads the last real token
+    model, tokenizer = load_model("smollm2-135m", SST2, layers=2, cache_dir=cache, pooling="mean")
+    assert isinstance(model, models.MeanPoolClassifier) and isinstance(model.score, torch.nn.Linear)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**_batch(tokenizer, TEXTS)).logits
+        alone = model(**_batch(tokenizer, TEXTS[1:2])).logits
+    assert logits.shape == (3, 2)
+    torch.testing.assert_close(alone[0], logits[1], atol=1e-4, rtol=1e-4)  # right padding is masked out
 
 
 def test_smollm2_lm_head_logits_loss_and_padding(smol_cache):

@@ -93,6 +93,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         **state.to_json(),
         "base_model": getattr(getattr(model, "config", None), "_name_or_path", None),
         "model_class": type(model).__name__,
+        "pooling": getattr(model, "pooling", "cls"),  # "mean" / "lm" for lorabench's own heads
     }
     atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))

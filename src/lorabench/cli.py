@@ -61,6 +61,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--opt", action="append", metavar="KEY=VALUE", dest="opt",
                    help="a variant option, e.g. --opt init=pissa --opt lr_ratio=16 (repeatable)")
     g.add_argument("--head", choices=("cls", "lm"), help="classification head, or prompt + label words [cls]")
+    g.add_argument("--pooling", choices=("auto", "cls", "mean"),
+                   help="head cls reads [CLS] (cls) or the mean over tokens (mean); auto: as the checkpoint "
+                        "declares (mean for sentence-transformers models like minilm) [auto]")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="peak learning rate [5e-4]")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay [0.01]")

@@ -24,6 +24,7 @@ from typing import Any
 NOT_HASHED = ("out", "quiet", "data_dir", "save_adapter", "trust_remote_code")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HEADS = ("cls", "lm")
+POOLINGS = ("auto", "cls", "mean")  # lorabench.models.POOLINGS
 QUANTIZE = ("nf4", "fp4")  # lorabench.quant.QUANT_TYPES
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _NAME = re.compile(r"[\w.\-]+")
@@ -54,6 +55,9 @@ class RunConfig:
     alpha: float | None = None  #: shortcut for options["alpha"]
     options: dict = field(default_factory=dict)  #: the variant's options (its Options dataclass)
     head: str = "cls"  #: "cls": classification head; "lm": prompt + label words (decoders)
+    #: head "cls": "cls" (the model's own head), "mean" (mean of the last hidden states) or
+    #: "auto" (what the checkpoint declares: mean for sentence-transformers models like minilm)
+    pooling: str = "auto"
     # ---- optimisation ---------------------------------------------------------------
     lr: float = 5e-4  #: peak learning rate of AdamW
     weight_decay: float = 0.01  #: AdamW decoupled weight decay (0 for biases and norms)
@@ -93,6 +97,9 @@ class RunConfig:
         check(self.model.strip() != "", "model is empty; pass an alias (minilm, smollm2-135m), a hub id or a folder")
         check(self.layers is None or self.layers >= 1, f"layers must be >= 1 (or null for all), got {self.layers}")
         check(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        check(not (self.head == "lm" and self.pooling == "mean"),
+              "pooling 'mean' goes with head 'cls'; head 'lm' reads the label word after the prompt")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}; e.g. --lr 5e-4")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}; e.g. --epochs 3")

@@ -226,9 +226,41 @@ def _load(fn, name: str, path: str, fix: str, **kwargs):
                          f"or use an offline alias: {offline}") from None
 
 
+POOLINGS = ("auto", "cls", "mean")
+
+
+def declared_pooling(path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The pooling a sentence-transformers checkpoint declares in ``1_Pooling/config.json``:
+    ``"mean"`` when it reads sentences by mean pooling, else ``"cls"`` (also when it declares nothing).
+    Hub ids are looked up in the local hub cache first, then on the hub."""
+    rel = "1_Pooling/config.json"
+    file = Path(path) / rel
+    if not os.path.isdir(path):
+        file = None
+        try:
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, rel, cache_dir=cache_dir)
+            file = Path(cached) if isinstance(cached, str) else Path(hf_hub_download(path, rel, cache_dir=cache_dir))
+        except Exception:  # no such file on the hub, or the hub is unreachable: the model's own head
+            return "cls"
+    try:
+        declared = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return "cls"
+    mean = declared.get("pooling_mode_mean_tokens") and not declared.get("pooling_mode_cls_token")
+    return "mean" if mean else "cls"
+
+
 def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = None, dtype=None,
-               trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) for ``task`` (a TaskSpec or task name): see the module docstring."""
+               trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None,
+               pooling: str = "auto"):
+    """(model, tokenizer) for ``task`` (a TaskSpec or task name): see the module docstring.
+
+    ``pooling`` (head ``"cls"`` only): ``"cls"`` keeps the model's own sequence-classification
+    head, ``"mean"`` classifies the masked mean of the last hidden states (``MeanPoolClassifier``),
+    ``"auto"`` takes what the checkpoint declares (``declared_pooling``: mean for
+    sentence-transformers models such as ``minilm``, else cls)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if isinstance(task, str):
@@ -239,6 +271,11 @@ def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = 
         raise ModelError(f"unknown head {head!r}; use head='cls' (classification head) or 'lm' (prompt + label words)")
     if head == "lm" and task.is_regression:
         raise ModelError(f"head='lm' scores label words and {task.name} is a regression task; use head='cls'")
+    if pooling not in POOLINGS:
+        raise ModelError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    if head == "lm" and pooling == "mean":
+        raise ModelError("head='lm' reads the label word after the prompt's last token; mean pooling goes "
+                         "with head='cls'")
     torch_dtype = _dtype(dtype)
     path = resolve_model(name, cache_dir=cache_dir)
     hub_cache = Path(cache_dir) / "hub" if cache_dir and not os.path.isdir(path) else None
@@ -279,6 +316,8 @@ def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = 
                   config=config, use_safetensors=True, dtype=torch_dtype, **common)
     if head == "lm":
         model = PromptClassifier(model, ids)
+    elif (declared_pooling(path, hub_cache) if pooling == "auto" else pooling) == "mean":
+        model = MeanPoolClassifier(model)
     if str(name).lower() in ALIASES:
         model.config.name_or_path = str(name).lower()  # saved adapters name the portable alias
     return model, tokenizer
@@ -291,6 +330,8 @@ class PromptClassifier(nn.Module):
     first token of label word c; loss = CE over the full vocabulary with target v_y, so
     the model is trained on the label token only, as the LM it already is.
     """
+
+    pooling = "lm"
 
     def __init__(self, causal_lm: nn.Module, label_token_ids: list[int]):
         super().__init__()
@@ -327,4 +368,67 @@ class PromptClassifier(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(vocab_logits.float(), self.label_token_ids[labels.long()])
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class MeanPoolClassifier(nn.Module):
+    """Sequence classification of the mean of the last hidden states over the real tokens.
+
+        pooled = sum_t m_t h_t / sum_t m_t        (m: attention mask, h: last hidden states)
+        logits = W dropout(pooled) + b
+
+    Sentence-embedding checkpoints (Sentence-BERT, Reimers & Gurevych 2019, arXiv 1908.10084;
+    all-MiniLM-L6-v2 among them) are trained to be read this way; their [CLS] pooler is a
+    leftover of pre-training. The backbone keeps its attribute name (``bert``, ``model`` ...), so
+    adapted layers have the same names as in the model's own classification head; its unused
+    pooler is dropped. The head is ``classifier`` (or the model's ``score`` linear), trained
+    with the adapter; loss as ``problem_type`` says (MSE for regression, else cross-entropy).
+    """
+
+    pooling = "mean"
+
+    def __init__(self, clf: nn.Module):
+        super().__init__()
+        config = clf.config
+        self.prefix = clf.base_model_prefix
+        backbone = clf.base_model
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # BertModel skips a None pooler
+        setattr(self, self.prefix, backbone)
+        p = getattr(config, "classifier_dropout", None)
+        p = getattr(config, "hidden_dropout_prob", 0.0) if p is None else p
+        self.dropout = nn.Dropout(p or 0.0)
+        own = getattr(clf, "score", None)
+        if isinstance(own, nn.Linear):  # decoders: a linear score head, kept under its name
+            self.score = own
+        else:
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+            nn.init.normal_(self.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+            nn.init.zeros_(self.classifier.bias)
+            self.classifier.to(next(backbone.parameters()).dtype)
+
+    @property
+    def config(self):
+        return getattr(self, self.prefix).config
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.score if hasattr(self, "score") else self.classifier
+
+    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None,
+                **ignored) -> SequenceClassifierOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask,
+                                            **kwargs).last_hidden_state  # (B, T, H)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+        logits = self.head(self.dropout(pooled))  # (B, C)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
         return SequenceClassifierOutput(loss=loss, logits=logits)

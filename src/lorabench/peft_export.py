@@ -51,6 +51,12 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     weights: load it onto a fresh copy of the base model, not the residual one.
     """
     state = state_of(model)
+    if getattr(model, "pooling", "cls") == "mean":
+        raise VariantError(
+            "this model classifies the mean of its hidden states (pooling 'mean'), which a PEFT model "
+            "built on AutoModelForSequenceClassification does not do; train with --pooling cls to export "
+            "for PEFT, or keep lorabench.save_adapter"
+        )
     layers = list(adapted_layers(model))
     if not layers:
         raise VariantError(

@@ -11,6 +11,8 @@ Schema (``schema_version`` 1). Keys marked * are always present.
     task*              GLUE task name, e.g. "sst2"
     variant*           registered variant name
     model*             model alias, hub id or path as given
+    pooling            how the head reads the sequence: "cls" (the model's own head), "mean"
+                       (mean of the last hidden states) or "lm" (prompt + label words)
     seed*              int
     primary_metric*    name of the task's GLUE metric, e.g. "accuracy", "mcc", "pearson"
     best*              {"step": int, "epoch": float, "metrics": {split: {metric: value}}}

@@ -59,7 +59,7 @@ def load(cfg: RunConfig):
         quant.bitsandbytes()  # says how to install it, before anything is loaded
     task = get_task(cfg.task)
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
-    model, tokenizer = load_model(cfg.model, task, head=cfg.head, layers=cfg.layers,
+    model, tokenizer = load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
                                   trust_remote_code=cfg.trust_remote_code)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     if cfg.quantize is not None:  # QLoRA-style: every frozen linear layer stored in 4 bits, after
@@ -136,6 +136,7 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "task": task.name,
         "variant": cfg.variant,
         "model": cfg.model,
+        "pooling": getattr(model, "pooling", "cls"),
         "seed": cfg.seed,
         "primary_metric": task.primary_metric,
         "best": state.best,
