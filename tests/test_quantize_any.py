@@ -125,3 +125,44 @@ def test_cli_train_quantize_nf4_with_pissa_end_to_end(tmp_path):
     assert result["config"]["options"]["optimizer"] == "lora_plus"
     losses = [x for _, x in result["train_loss"]]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+
+
+def test_lora_ga_prepares_on_the_full_precision_weight_then_quantizes_its_residual():
+    W0 = {n: m.weight.detach().clone() for n, m in build_model("bert").named_modules() if n.endswith("query")}
+    model = lorabench.apply(build_model("bert"), "lora_ga", targets=TARGETS, r=4)
+    assert lorabench.inject.needs_data(model) and not lorabench.inject.is_prepared(model)
+    lorabench.prepare(model, [make_batch(1), make_batch(2)])  # full precision: dL/dW0 exists
+    quant.quantize_model(model)  # the order `lorabench train --quantize nf4` uses for lora_ga
+    assert lorabench.inject.is_prepared(model)
+    for name, layer in adapted_layers(model):
+        if name not in W0:
+            continue
+        v = layer.adapter
+        assert v.lora_A0.abs().sum() > 0  # the gradient's singular directions, not LoRA's zero B
+        residual = W0[name] - v.scale * v.lora_B0 @ v.lora_A0
+        torch.testing.assert_close(layer.weight, quant.dequantize(quant.quantize_linear(_linear(residual))),
+                                   atol=0, rtol=0)
+
+
+def test_a_gradient_init_on_an_already_quantized_model_names_the_order():
+    model = quant.quantize_model(lorabench.apply(build_model("bert"), "lora_ga", targets=TARGETS, r=4))
+    with pytest.raises(VariantError, match=r"4 bits; call lorabench.prepare\(model, batches\) before"):
+        lorabench.prepare(model, [make_batch()])
+    model = quant.quantize_model(lorabench.apply(build_model("bert"), "lora_sb", targets=TARGETS, r=4))
+    with pytest.raises(VariantError, match="LoRA-SB estimates the gradient"):
+        lorabench.prepare(model, [make_batch()])
+
+
+@pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason=f"GLUE data not found at {GLUE}")
+@pytest.mark.parametrize("variant", ["lora_ga", "lora_sb"])
+def test_cli_train_quantize_nf4_with_a_gradient_init(tmp_path, variant):
+    from lorabench.cli import main
+
+    rc = main(["train", "--model", "minilm", "--layers", "1", "--task", "sst2", "--train-limit", "32",
+               "--eval-limit", "16", "--max-length", "32", "--epochs", "1", "--batch-size", "16",
+               "--quantize", "nf4", "--variant", variant, "--data-dir", str(GLUE), "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    (path,) = tmp_path.glob("run-*.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "ok" and result["config"]["quantize"] == "nf4"
+    assert result["time"]["prepare_s"] > 0  # the gradient estimate, done before quantizing, is counted

@@ -319,10 +319,26 @@ def on_step(model: nn.Module, step: int, total: int) -> None:
 
 
 def prepare(model: nn.Module, batches: Any) -> None:
-    """Run the variant's data-driven initialisation (LoRA-GA ...) before training."""
+    """Run the variant's data-driven initialisation (LoRA-GA ...) before training.
+    Afterwards ``is_prepared(model)`` is True (``lorabench.train.fit`` then does not repeat it)
+    and ``model.lorabench_prepare_s`` holds the seconds it took."""
+    import time
+
     state = state_of(model)
     cls = adapters.get(state.variant)
+    start = time.perf_counter()
     cls.prepare(model, batches, cls.make_options(**state.options))
+    model.lorabench_prepare_s = time.perf_counter() - start
+    model.lorabench_prepared = True
+
+
+def needs_data(model: nn.Module) -> bool:
+    """Whether the model's variant initialises from training batches (``prepare``)."""
+    return adapters.get(state_of(model).variant).needs_data()
+
+
+def is_prepared(model: nn.Module) -> bool:
+    return bool(getattr(model, "lorabench_prepared", False))
 
 
 def set_rank(model: nn.Module, rank: int) -> nn.Module:

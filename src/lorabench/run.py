@@ -62,11 +62,15 @@ def load(cfg: RunConfig):
     model, tokenizer = load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
                                   trust_remote_code=cfg.trust_remote_code)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
-    if cfg.quantize is not None:  # QLoRA-style: every frozen linear layer stored in 4 bits, after
-        # apply, so data-free inits see the full-precision W and a residual init (PiSSA) stores
-        # its exact residual in 4 bits once (QPiSSA); reload a saved adapter the same way round
+    # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits
+    # see the full-precision W and a residual init (PiSSA) stores its exact residual in 4 bits
+    # once (QPiSSA); reload a saved adapter the same way round. A data-driven init (LoRA-GA)
+    # needs dL/dW of the full-precision W: it runs on the first batches, then W is quantized.
+    prepare_first = cfg.quantize is not None and inject.needs_data(model)
+    if cfg.quantize is not None and not prepare_first:
         quant.quantize_model(model, "all-linear", quant_type=cfg.quantize)
-    check_memory_budget(model, cfg.budget_bytes(), cfg.model)  # fail before tokenizing anything
+    if not prepare_first:
+        check_memory_budget(model, cfg.budget_bytes(), cfg.model)  # fail before tokenizing anything
     format_fn = None
     if cfg.head == "lm":
         from .data.prompts import prompt_format_fn
@@ -77,7 +81,29 @@ def load(cfg: RunConfig):
         eval_batch_size=cfg.eval_batch_size, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
         seed=cfg.seed, group_by_length=cfg.group_by_length, format_fn=format_fn, progress=not cfg.quiet,
     )
+    if prepare_first:
+        _prepare_then_quantize(model, train_loader, cfg)
+        check_memory_budget(model, cfg.budget_bytes(), cfg.model)
     return task, model, tokenizer, train_loader, dev_loaders
+
+
+def _prepare_then_quantize(model, train_loader, cfg: RunConfig) -> None:
+    """The data-driven init on the batches ``fit`` would give it (on the GPU when there is one),
+    then the frozen layers (the residual W0 - s B0 A0 for LoRA-GA) stored in 4 bits."""
+    import itertools
+
+    from accelerate.utils import send_to_device
+
+    from . import quant
+    from .train import PREPARE_BATCHES, _rewind
+
+    batches = list(itertools.islice(train_loader, PREPARE_BATCHES))
+    _rewind(train_loader)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    inject.prepare(model, [send_to_device(b, device) for b in batches])
+    model.to("cpu")  # quantized as without a data-driven init; accelerate places it afterwards
+    quant.quantize_model(model, "all-linear", quant_type=cfg.quantize)
 
 
 def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:

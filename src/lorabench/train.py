@@ -169,7 +169,10 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         # ---- data-driven init (the variant decides whether it does anything) ---------
         with prep_clock:  # every rank: the same unsplit batches (see lorabench.distributed)
             first = [send_to_device(b, accelerator.device) for b in first]
-            inject.prepare(core, first)
+            if inject.is_prepared(core):  # run.load prepared it before a 4-bit quantization
+                prep_clock.total += getattr(core, "lorabench_prepare_s", 0.0)
+            else:
+                inject.prepare(core, first)
             if isinstance(model, torch.nn.parallel.DistributedDataParallel):
                 distributed.broadcast_from_main(core)
 

@@ -135,6 +135,11 @@ class Variant(nn.Module):
     def prepare(cls, model: nn.Module, batches: Any, opts: Any) -> None:
         """Data-driven initialisation before training (LoRA-GA, LoRA-SB). Default: nothing."""
 
+    @classmethod
+    def needs_data(cls) -> bool:
+        """True when the variant overrides ``prepare`` (its init reads training batches)."""
+        return cls.prepare.__func__ is not Variant.prepare.__func__
+
     def on_step(self, step: int, total: int) -> None:
         """Called after every optimizer step (DyLoRA rank sampling, AdaLoRA). Default: nothing.
         (The optimisation rule's own ``on_step`` is called next to it by ``inject.on_step``.)"""

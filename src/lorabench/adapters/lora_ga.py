@@ -100,12 +100,10 @@ class LoRAGA(LoRA):
     @classmethod
     def prepare(cls, model, batches, opts):
         """Estimate G = dL/dW0 of every adapted layer on ``batches`` and re-initialise from it."""
-        from ..inject import adapted_layers
-
         batches = list(batches)
         if not batches:
             raise VariantError("LoRA-GA needs at least one batch to estimate gradients; pass a few training batches")
-        layers = [layer for _, layer in adapted_layers(model)]
+        layers = gradient_layers(model, "LoRA-GA")
         # Restore W0 first (prepare may run twice): the gradient is the base model's.
         for layer in layers:
             offset = layer.adapter.base_offset()
@@ -128,6 +126,22 @@ class LoRAGA(LoRA):
                 "LoRA until then; call prepare with a few training batches first", stacklevel=2
             )
         return super().forward(x, layer)
+
+
+def gradient_layers(model, method: str) -> list:
+    """The adapted layers of ``model``, checked to hold full-precision base weights: a
+    gradient-based init needs dL/dW0, which a 4-bit base layer does not have."""
+    from ..inject import adapted_layers
+    from ..quant import is_quantized
+
+    layers = [layer for _, layer in adapted_layers(model)]
+    if any(is_quantized(layer.base_layer) for layer in layers):
+        raise VariantError(
+            f"{method} estimates the gradient of the full-precision base weights, and this model's are "
+            "stored in 4 bits; call lorabench.prepare(model, batches) before lorabench.quant.quantize_model "
+            "(lorabench train --quantize does it in that order)"
+        )
+    return layers
 
 
 def _weight_gradients(model, layers, batches) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 
 from . import register
 from .base import VariantError, check
-from .lora_ga import _weight_gradients
+from .lora_ga import _weight_gradients, gradient_layers
 from .lora_xs import LoRAXS
 
 UPDATES = ("adam", "sgd")
@@ -105,12 +105,10 @@ class LoRASB(LoRAXS):
     @classmethod
     def prepare(cls, model, batches, opts):
         """Estimate G = dL/dW of every adapted layer on ``batches`` and initialise B, A, R from it."""
-        from ..inject import adapted_layers
-
         batches = list(batches)
         if not batches:
             raise VariantError("LoRA-SB needs at least one batch to estimate the first update; pass a few training batches")
-        layers = [layer for _, layer in adapted_layers(model)]
+        layers = gradient_layers(model, "LoRA-SB")
         for layer in layers:  # R = 0: the gradient is the base model's (prepare may run twice)
             layer.adapter.R.data.zero_()
         for layer, G in zip(layers, _weight_gradients(model, layers, batches)):
