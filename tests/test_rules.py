@@ -381,3 +381,72 @@ def test_a_rule_trained_lora_exports_to_peft(tmp_path):
     lorabench.export_peft(model, tmp_path)  # the rule changes how it trained, not what it is
     loaded = peft.PeftModel.from_pretrained(build_model("bert"), tmp_path).eval()
     torch.testing.assert_close(outputs(loaded, make_batch()), outputs(model, make_batch()), atol=1e-5, rtol=0)
+
+
+def _rule_steps(model, steps: int) -> None:
+    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=1e-2, weight_decay=0.0))
+    model.train()
+    for _ in range(steps):
+        model(**make_batch()).loss.backward()
+        lorabench.before_step(model)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_altlora_momentum_and_alternation_are_saved_with_the_adapter(tmp_path):
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4, optimizer="altlora", alt_beta=0.8)
+    _rule_steps(model, 3)  # B, A, B: the next step moves A with the carried momentum
+    lorabench.save_adapter(model, tmp_path)
+    loaded = lorabench.load_adapter(build_model("bert"), tmp_path)
+    for (name, a), (_, b) in zip(adapted_layers(model), adapted_layers(loaded)):
+        mine, theirs = a.adapter.rule.state_dict(), b.adapter.rule.state_dict()
+        assert sorted(mine) == sorted(theirs) == ["basis_A", "basis_B", "count_A", "count_B", "momentum_A",
+                                                  "momentum_B", "steps"], name
+        for key in mine:
+            torch.testing.assert_close(theirs[key], mine[key], atol=0, rtol=0)
+        assert b.adapter.rule.role() == "A"
+    # the next step's projected, momentum-carried gradient is the same in both
+    for m in (model, loaded):
+        m.train()
+        m.zero_grad(set_to_none=True)
+        m(**make_batch(seed=5)).loss.backward()
+        lorabench.before_step(m)
+    for (name, a), (_, b) in zip(adapted_layers(model), adapted_layers(loaded)):
+        assert a.adapter.lora_B.grad is None and b.adapter.lora_B.grad is None
+        torch.testing.assert_close(b.adapter.lora_A.grad, a.adapter.lora_A.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_stable_lora_stop_is_saved_with_the_adapter(tmp_path):
+    model = lorabench.apply(build_model("bert"), "lora", targets=["query"], r=4, optimizer="stable")
+    v = first_adapter(model)
+    with torch.no_grad():
+        v.lora_B.fill_(1.0)  # ||A|| < ||B||: the next step stops the shrinking for good
+    lorabench.before_step(model)
+    assert not v.rule.shrinking
+    lorabench.save_adapter(model, tmp_path)
+    loaded = lorabench.load_adapter(build_model("bert"), tmp_path)
+    w = first_adapter(loaded)
+    assert not w.rule.shrinking
+    with torch.no_grad():
+        w.lora_B.zero_()  # the condition fails again, and still A is not shrunk
+    A = w.lora_A.detach().clone()
+    lorabench.before_step(loaded)
+    assert torch.equal(w.lora_A, A)
+
+
+def test_rule_state_is_optional_on_load_and_checked(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lorabench.checkpoint import WEIGHTS_NAME, AdapterFileError
+
+    model = lorabench.apply(build_model("bert"), "lora", targets=["query"], r=4, optimizer="stable")
+    lorabench.save_adapter(model, tmp_path)
+    path = tmp_path / WEIGHTS_NAME
+    tensors = load_file(str(path))
+    assert any(".rule." in k for k in tensors)
+    save_file({k: v for k, v in tensors.items() if ".rule." not in k}, str(path))  # as saved before rule state
+    assert first_adapter(lorabench.load_adapter(build_model("bert"), tmp_path)).rule.shrinking  # starts fresh
+    save_file({**tensors, "bert.pooler.dense.rule.shrinking": torch.tensor(False)}, str(path))
+    with pytest.raises(AdapterFileError, match="rule state for 'bert.pooler.dense'"):
+        lorabench.load_adapter(build_model("bert"), tmp_path)

@@ -2,7 +2,9 @@
 
     adapter_dir/
       lorabench_adapter.json          variant, options, targets, base fingerprint, version
-      lorabench_adapter.safetensors   every adapter tensor, shared tensors, trained head
+      lorabench_adapter.safetensors   every adapter tensor, shared tensors, trained head, and the
+                                      optimisation rule's state (<layer>.rule.<key>: AltLoRA's momentum,
+                                      Stable-LoRA's stop)
 
 Nothing is ever unpickled. Loading checks the base-model fingerprint before touching
 the model, so an adapter cannot silently land on the wrong base weights.
@@ -33,6 +35,7 @@ from .inject import (
 CONFIG_NAME = "lorabench_adapter.json"
 WEIGHTS_NAME = "lorabench_adapter.safetensors"
 FORMAT_VERSION = 1
+RULE_INFIX = ".rule."  # <layer>.rule.<key>: the optimisation rule's state (present once it has some)
 
 
 class AdapterFileError(VariantError):
@@ -53,6 +56,8 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in adapted_layers(model):
         for key, t in layer.adapter.state_dict().items():
             tensors[f"{name}.adapter.{key}"] = t
+        for key, t in layer.adapter.rule.state_dict().items():  # AltLoRA's momentum, Stable-LoRA's stop
+            tensors[f"{name}{RULE_INFIX}{key}"] = t
         owned.update(id(p) for p in layer.adapter.parameters())
     shared = getattr(model, "lorabench_shared", None)
     if shared is not None:
@@ -149,8 +154,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"fingerprint {config['fingerprint']}); load that base model before load_adapter"
         )
     apply(model, config["variant"], targets=names if names else None, initialize=False, **config["options"])
-    expected = adapter_tensors(model)
-    missing = sorted(set(expected) - set(tensors))
+    rule_state = _pop_rule_state(tensors, dict(adapted_layers(model)), weights)
+    expected = {k for k in adapter_tensors(model) if RULE_INFIX not in k}  # a fresh rule's state is optional
+    missing = sorted(expected - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise AdapterFileError(
@@ -158,9 +164,23 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"missing {missing[:3]}, unexpected {extra[:3]}; the file is corrupt or from another lorabench version"
         )
     _load_tensors(model, tensors)
-    for _, layer in adapted_layers(model):
+    for name, layer in adapted_layers(model):
         _subtract_offset(layer)
+        if name in rule_state:  # else the rule starts fresh (an adapter saved before it had state)
+            layer.adapter.rule.load_state_dict(rule_state[name])
     return model
+
+
+def _pop_rule_state(tensors: dict[str, torch.Tensor], layers: dict, weights: Path) -> dict[str, dict]:
+    """Take the rules' tensors out of ``tensors``: {layer name: {key: tensor}}."""
+    state: dict[str, dict] = {}
+    for key in [k for k in tensors if RULE_INFIX in k]:
+        name, sub = key.split(RULE_INFIX, 1)
+        if name not in layers:
+            raise AdapterFileError(f"{weights} holds optimizer-rule state for {name!r}, which the adapter does not "
+                                   "adapt; the file is corrupt or from another lorabench version")
+        state.setdefault(name, {})[sub] = tensors.pop(key)
+    return state
 
 
 @torch.no_grad()

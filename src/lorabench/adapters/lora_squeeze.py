@@ -229,8 +229,8 @@ def squeeze_adapter_dir(directory: str | os.PathLike, rank: int, out: str | os.P
     from safetensors.torch import save_file
 
     from .. import adapters
-    from ..checkpoint import (CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, _version, atomic_write_bytes,
-                              read_adapter_config, read_adapter_tensors)
+    from ..checkpoint import (CONFIG_NAME, RULE_INFIX, WEIGHTS_NAME, AdapterFileError, _version,
+                              atomic_write_bytes, read_adapter_config, read_adapter_tensors)
 
     src = Path(directory)
     config, tensors = read_adapter_config(src), read_adapter_tensors(src)
@@ -242,6 +242,7 @@ def squeeze_adapter_dir(directory: str | os.PathLike, rank: int, out: str | os.P
                            "squeeze works on LoRA-family adapters")
     new_opts = _lora_options(rank)
     prefixes = [f"{t}.adapter." for t in targets]
+    tensors = {k: v for k, v in tensors.items() if RULE_INFIX not in k}  # the squeezed LoRA trains with AdamW
     result = {k: v for k, v in tensors.items() if not any(k.startswith(p) for p in prefixes)}  # the head
     for prefix in prefixes:
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+import torch
+
 from ..base import VariantError, check
 
 #: name -> Rule class, in registration order.
@@ -131,6 +133,16 @@ class Rule:
 
     def on_step(self, adapter, step: int, total: int) -> None:
         """After the optimizer step."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the rule has learnt during training (saved with the adapter). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state_dict()`` (``lorabench.load_adapter`` calls it)."""
+        if state:
+            raise VariantError(f"rule {self.name!r} keeps no state, got {sorted(state)[:3]}; the adapter file "
+                               "was saved with another optimizer option")
 
 
 # The rules register on import; they use the names above.

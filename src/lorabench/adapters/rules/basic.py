@@ -95,7 +95,7 @@ class StableLoRA(Rule):
     A non-zero A0 breaks LoRA's self-stabilised feature learning; shrinking it while B grows
     from 0 removes that and keeps the benefit of a non-zero start. The stopping condition and
     the order (shrink, then the AdamW step) follow the official optimizer; shrink_ratio = 5e-4
-    is its example's value. The stop is per layer and not saved with the adapter.
+    is its example's value. The stop is per layer and saved with the adapter (``state_dict``).
     """
 
     description = "Stable-LoRA: A shrunk by (1-shrink_ratio) per early step until ||A|| < (in/out)||B|| (Wu et al. 2026, arXiv 2603.05204)"
@@ -114,3 +114,9 @@ class StableLoRA(Rule):
             self.shrinking = False
             return
         A.mul_(1.0 - self.opts.shrink_ratio)
+
+    def state_dict(self):
+        return {"shrinking": torch.tensor(self.shrinking)}
+
+    def load_state_dict(self, state):
+        self.shrinking = bool(state["shrinking"])

@@ -112,7 +112,8 @@ class AltLoRA(_FullProduct):
     dropped, so AdamW leaves it alone (no step, no decay). B goes first: with the default B = 0,
     A's gradient s B^T G is 0 until B has moved. AdamW runs with beta1 = 0 on A and B, so it
     adds only its elementwise second-moment scaling (like AltLoRA+, Alg. 2, but of the momentum
-    rather than the projected gradient). State is per layer and not saved with the adapter.
+    rather than the projected gradient). Its state (step count, momenta, bases) is per layer and
+    saved with the adapter, so a reloaded adapter continues the same alternation.
     """
 
     description = ("AltLoRA: A and B updated on alternate steps with projected gradients and low-rank "
@@ -173,3 +174,14 @@ class AltLoRA(_FullProduct):
         stepped.grad.copy_(g / (1 - beta ** self.count[role]))
         other.grad = None
         self.steps += 1
+
+    def state_dict(self):
+        state = {"steps": torch.tensor(self.steps), **{f"count_{k}": torch.tensor(n) for k, n in self.count.items()}}
+        state |= {f"momentum_{k}": m for k, m in self.momentum.items()}
+        return state | {f"basis_{k}": b for k, b in self.basis.items()}
+
+    def load_state_dict(self, state):
+        self.steps = int(state["steps"])
+        self.count = {k: int(state[f"count_{k}"]) for k in ("A", "B")}
+        self.momentum = {k: state[f"momentum_{k}"] for k in ("A", "B") if f"momentum_{k}" in state}
+        self.basis = {k: state[f"basis_{k}"] for k in ("A", "B") if f"basis_{k}" in state}
