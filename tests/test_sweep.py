@@ -136,7 +136,7 @@ def test_cli_bad_sweep_file_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_presets_expand_offline(tmp_path):
-    for name in ("quick", "better-call-lora", "lora-roberta-glue", "rank-ablation", "peft-methods"):
+    for name in ("quick", "better-call-lora", "lora-roberta-glue", "rank-ablation", "peft-methods", "zoo"):
         path = sweep.find_sweep_file(name)
         assert path.parent == sweep.presets_dir()
         s = sweep.load_sweep(name, {"model": "minilm" if name != "better-call-lora" else "smollm2-135m"})
@@ -144,6 +144,13 @@ def test_presets_expand_offline(tmp_path):
     repo_configs = Path(__file__).resolve().parents[1] / "configs"
     for f in repo_configs.glob("*.yaml"):  # configs/ holds the same files as the package
         assert f.read_text() == (sweep.presets_dir() / f.name).read_text()
+    from lorabench import adapters, quant
+
+    zoo = sweep.load_sweep("zoo")  # every registered variant, the LoRA structure under every rule but allora's own
+    optional = set() if quant.available() else {"qlora"}  # skipped with a note without bitsandbytes
+    assert {r.config.variant for r in zoo.runs} | optional == set(adapters.names())
+    assert sorted(r.config.options["optimizer"] for r in zoo.runs if r.config.variant == "lora") == sorted(
+        ["adamw", "lora_pro", "altlora", "stable"])
     quick = sweep.load_sweep("quick")
     assert sorted(r.config.variant for r in quick.runs) == sorted(
         ["lora", "swapped", "pissa", "lora_xs", "lora_plus", "dora", "vera", "full"])
