@@ -166,3 +166,9 @@ def test_cli_train_quantize_nf4_with_a_gradient_init(tmp_path, variant):
     result = json.loads(path.read_text())
     assert result["status"] == "ok" and result["config"]["quantize"] == "nf4"
     assert result["time"]["prepare_s"] > 0  # the gradient estimate, done before quantizing, is counted
+
+
+def test_parameter_count_is_the_same_after_quantizing():
+    model = lorabench.apply(build_model("bert"), "lora", targets=TARGETS, r=4)
+    before = lorabench.inject.count_parameters(model)
+    assert lorabench.inject.count_parameters(quant.quantize_model(model)) == before  # 4-bit packs 2 per byte

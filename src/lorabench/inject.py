@@ -8,6 +8,7 @@ functions below it (merge, unmerge, unload, param_groups, ...) act on a model th
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -354,7 +355,13 @@ def set_rank(model: nn.Module, rank: int) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; shared tensors counted once."""
+    """(trainable, total) parameters; shared tensors counted once, a 4-bit weight by the values it
+    stands for (bitsandbytes packs two per byte: its ``numel`` is half of them)."""
     seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
     trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
-    return trainable, sum(p.numel() for p in seen.values())
+    return trainable, sum(_logical_numel(p) for p in seen.values())
+
+
+def _logical_numel(p: torch.Tensor) -> int:
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)  # bitsandbytes Params4bit
+    return math.prod(shape) if shape is not None else p.numel()

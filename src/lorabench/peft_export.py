@@ -83,9 +83,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
         modules_to_save=heads or None,
         task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None,
         base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
-        fan_in_fan_out=any(layer.transposed for _, layer in layers),
         inference_mode=True,
     )
+    if any(layer.transposed for _, layer in layers):  # GPT-2's Conv1D; written only then (PEFT's
+        config["fan_in_fan_out"] = True  # MiSS / Bone configs have no such field and warn about it)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     directory = Path(directory)
     atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
