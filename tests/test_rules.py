@@ -315,15 +315,23 @@ def test_fit_calls_before_step_once_per_optimizer_step(optimizer, monkeypatch):
     from lorabench.data import get_task
     from lorabench.train import fit
 
-    calls = []
+    calls, norms = [], []
     real = inject.before_step
-    monkeypatch.setattr(inject, "before_step", lambda model: (calls.append(1), real(model)))
+
+    def spy(model):  # the rule sees the clipped gradients, as inside the papers' optimizers
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        calls.append(1)
+        real(model)
+
+    monkeypatch.setattr(inject, "before_step", spy)
     cfg = RunConfig.from_dict({"lr": 1e-2, "epochs": 2, "batch_size": 16, "quiet": True, "targets": TARGETS,
-                               "options": {"r": 4, "optimizer": optimizer}})
+                               "max_grad_norm": 1e-3, "options": {"r": 4, "optimizer": optimizer}})
     model = lorabench.apply(build_model("bert"), cfg.variant, cfg.targets, **cfg.variant_options())
     train, dev = synthetic_loaders()
     out = fit(model, train, dev, get_task("sst2"), cfg, progress=False)
     assert out["status"] == "ok" and out["step"] == 8 and len(calls) == 8
+    assert max(norms) <= 1e-3 * (1 + 1e-4), norms
     assert all(math.isfinite(loss) for _, loss in out["train_loss"])
 
 

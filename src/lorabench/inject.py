@@ -295,8 +295,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list
 
 def before_step(model: nn.Module) -> None:
     """Let each adapter's optimisation rule act on the finished gradients (LoRA-Pro, AltLoRA,
-    ALLoRA) or factors (Stable-LoRA). Call once per optimizer step: after backward (and
-    ``GradScaler.unscale_``), before gradient clipping and ``optimizer.step()``."""
+    ALLoRA) or factors (Stable-LoRA). Call once per optimizer step: after backward,
+    ``GradScaler.unscale_`` and gradient clipping, right before ``optimizer.step()`` (where the
+    papers' own optimizers act, and where PEFT's AdaLoRA reads the gradients)."""
     for _, layer in adapted_layers(model):
         layer.adapter.before_step()
 

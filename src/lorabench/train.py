@@ -221,10 +221,12 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                     state.status = "diverged"
                     state.error = f"training loss became {step_loss} at step {state.step + 1}; lower the learning rate"
                     break
-                scaler.unscale_(optimizer)  # the true gradients for the rule and the clip (a no-op unless fp16)
-                inject.before_step(core)  # the optimisation rule adjusts them (LoRA-Pro, AltLoRA ...)
+                scaler.unscale_(optimizer)  # the true gradients for the clip and the rule (a no-op unless fp16)
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                # The optimisation rule adjusts the clipped gradients (LoRA-Pro, AltLoRA ...), as
+                # the official optimizers do inside step(); AdaLoRA reads them, as PEFT does.
+                inject.before_step(core)
                 scaler.step(optimizer)  # skips the step on inf/NaN gradients under fp16
                 scaler.update()
                 scheduler.step()

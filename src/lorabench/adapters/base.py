@@ -189,8 +189,8 @@ class Variant(nn.Module):
         return self.rule.param_groups(self, lr, weight_decay)
 
     def before_step(self) -> None:
-        """After backward (gradients complete and unscaled), before clipping and the optimizer
-        step: the rule adjusts gradients (LoRA-Pro, AltLoRA, ALLoRA) or factors (Stable-LoRA)."""
+        """After backward and gradient clipping (gradients complete and unscaled), before the
+        optimizer step: the rule adjusts gradients (LoRA-Pro, AltLoRA, ALLoRA) or factors (Stable-LoRA)."""
         self.rule.before_step(self)
 
     def extra_loss(self) -> torch.Tensor | None:

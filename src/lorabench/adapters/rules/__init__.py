@@ -9,8 +9,10 @@ The third axis next to structure (the variant class) and initialisation (``INITS
 A rule is a small class with hooks; its options live on ``LoRAOptions`` (``RuleOptions``
 below), so every LoRA-family structure takes any rule. One optimizer step of ``train.fit``:
 
-    backward -> unscale (fp16) -> before_step (rule: gradients, factors) -> clip
+    backward -> unscale (fp16) -> clip -> before_step (rule: gradients, factors)
              -> AdamW.step over param_groups (rule: learning rates, betas) -> on_step
+
+(the rule acts on the clipped gradients, as the papers' optimizers do inside ``step()``).
 
 A rule reads the factors by role, ``adapter.factors() == {"A": (r, in), "B": (out, r)}``;
 rules that need them are refused for structures without (VeRA, LoRA-XS, LoLDU).
@@ -129,7 +131,8 @@ class Rule:
         return [{"params": params, "lr": lr, "weight_decay": weight_decay}] if params else []
 
     def before_step(self, adapter) -> None:
-        """After the gradients are complete (unscaled), before clipping and the optimizer step."""
+        """After the gradients are complete (unscaled) and clipped, before the optimizer step (where
+        the papers' optimizers act: the training loop clips first)."""
 
     def on_step(self, adapter, step: int, total: int) -> None:
         """After the optimizer step."""
