@@ -145,6 +145,22 @@ def test_disk_full_leaves_no_partial_file_and_names_the_folder(tmp_path, monkeyp
     assert json.loads(target.read_text()) == {"old": 1}  # the old result is untouched
 
 
+def test_results_and_adapters_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import lorabench
+    from conftest import build_model
+
+    old = os.umask(0o022)
+    try:
+        path = results.write_json_atomic(tmp_path / "run-abc.json", {"a": 1})
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by the team sharing the folder
+        lorabench.save_adapter(lorabench.apply(build_model("bert"), "lora", r=2), tmp_path / "adapter")
+        assert {f.stat().st_mode & 0o777 for f in (tmp_path / "adapter").iterdir()} == {0o644}
+        os.umask(0o077)
+        assert results.write_json_atomic(tmp_path / "run-def.json", {"a": 1}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_is_a_clear_error(tmp_path):
     folder = tmp_path / "ro"

@@ -108,6 +108,14 @@ def check_writable(folder: str | os.PathLike) -> None:
                 pass
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask): ``mkstemp`` makes its
+    temporary files 0600, and a result folder shared by a team must stay readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON through a temp file + fsync + rename: readers never see a partial file, and
     nothing is left behind when the write fails (``ResultWriteError`` names the folder)."""
@@ -119,6 +127,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     except OSError as e:
         raise _write_error(path.parent, e, path.name) from None
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
