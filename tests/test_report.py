@@ -182,3 +182,21 @@ def test_cli_report(tmp_path, capsys):
     assert "### Best results — minilm" in capsys.readouterr().out
     assert (tmp_path / "best.csv").exists() and not (tmp_path / "plots").exists()
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_many_variants_get_distinct_styles_and_a_legend_beside_the_axes():
+    from types import SimpleNamespace
+
+    from lorabench import plots
+
+    names = [f"v{i:02d}" for i in range(28)]
+    fake = SimpleNamespace(best={("m", "t", n): None for n in names}, configs=[])
+    styles = {(str(plots._style(fake, n)["color"]), plots._style(fake, n)["marker"]) for n in names}
+    assert len(styles) == 28  # the zoo's 28 variants never share colour and marker
+    for count, beside in ((5, False), (12, True)):
+        fig, ax = plots._figure(entries=count)
+        for i in range(count):
+            ax.plot([0, 1], [i, i], label=f"v{i}")
+        plots._legend(fig, ax)
+        assert (ax.get_legend() is None) == beside and bool(fig.legends) == beside
+    assert plots._figure(entries=40)[0].get_figwidth() > plots._figure(entries=5)[0].get_figwidth()

@@ -6,7 +6,7 @@ user's session and needs no display. One figure per (model, task) for the per-ta
   each variant's best configuration as a labelled marker with its std over seeds, and the Pareto
   front of those best points (no other method has fewer parameters and a higher score) as a line;
 - ``history-*``: dev metric vs optimizer step of each variant's best configuration (mean over the
-  seeds, at the steps every seed evaluated);
+  seeds, at the steps every seed evaluated; only variants evaluated at >= 2 steps);
 - ``rank-*``:    dev metric vs rank (log2 x), best over the other hyperparameters at each rank, one
   line per variant and targets setting -- only when some variant ran >= 2 ranks;
 and one per model for the costs: ``train-time-*`` and ``peak-memory-*`` (bars per variant, grouped
@@ -15,17 +15,34 @@ by task).
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from pathlib import Path
 from typing import Any
 
 
-def _figure(width: float = 6.4, height: float = 4.2):
+#: Above this many legend entries the legend goes beside the axes (in columns of LEGEND_ROWS),
+#: and the figure widens for it, so the axes keep their size.
+LEGEND_INSIDE, LEGEND_ROWS = 8, 18
+MARKERS = "osD^vP*X<"  # 9, coprime with tab20's 20 colours
+
+
+def _figure(width: float = 6.4, height: float = 4.2, entries: int = 0):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    columns = math.ceil(entries / LEGEND_ROWS) if entries > LEGEND_INSIDE else 0
+    fig = Figure(figsize=(width + 1.7 * columns, height), layout="constrained")
     return fig, fig.subplots()
+
+
+def _legend(fig: Any, ax: Any, fontsize: str = "small") -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= LEGEND_INSIDE:
+        ax.legend(fontsize=fontsize)
+    else:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="x-small",
+                   ncols=math.ceil(len(labels) / LEGEND_ROWS))
 
 
 def _save(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
@@ -37,10 +54,15 @@ def _save(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
     return png, svg
 
 
-def _color(report: Any, variant: str) -> str:
-    """The same colour for a variant in every figure."""
+def _style(report: Any, variant: str) -> dict:
+    """The same colour and marker for a variant in every figure; distinct for up to 180 variants."""
+    from matplotlib import colormaps
+
     variants = sorted({k[2] for k in report.best} | {c.variant for c in report.configs})
-    return f"C{variants.index(variant) % 10}" if variant in variants else "black"
+    if variant not in variants:
+        return {"color": "black", "marker": "o"}
+    i = variants.index(variant)
+    return {"color": colormaps["tab20"](i % 20), "marker": MARKERS[i % len(MARKERS)]}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -58,37 +80,39 @@ def plot_pareto(report: Any, model: str, task: str, out: Path) -> tuple[Path, Pa
     best = {k[2]: c for k, c in report.best.items() if k[:2] == (model, task) and c.avg("trainable")}
     if not best:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(entries=len(best) + 2)
     ax.scatter([c.avg("trainable") for c in configs], [100 * c.mean for c in configs], s=10, color="0.75",
                label="every configuration", zorder=1)
     for variant, c in sorted(best.items()):
-        ax.errorbar(c.avg("trainable"), 100 * c.mean, yerr=100 * (c.std or 0), fmt="o", capsize=3, label=variant,
-                    color=_color(report, variant), zorder=3)
+        style = _style(report, variant)
+        ax.errorbar(c.avg("trainable"), 100 * c.mean, yerr=100 * (c.std or 0), fmt=style["marker"], capsize=3,
+                    label=variant, color=style["color"], zorder=3)
     front = pareto_front([(c.avg("trainable"), 100 * c.mean) for c in best.values()])
     ax.plot(*zip(*front), drawstyle="steps-post", color="black", lw=1, ls="--", label="Pareto front", zorder=2)
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters", ylabel=f"dev {next(iter(best.values())).metric_name} ×100",
            title=f"{task}: score vs trainable parameters ({model})")
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     return _save(fig, out, f"pareto-{model}-{task}")
 
 
 def plot_history(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
-    fig, ax = _figure()
+    fig, ax = _figure(entries=sum(k[:2] == (model, task) for k in report.best))
     drew = False
     for (m, t, variant), c in sorted(report.best.items()):
         if (m, t) != (model, task):
             continue
         per_seed = [dict(r.history) for r in c.ok if r.history]
         steps = sorted(set.intersection(*(set(h) for h in per_seed))) if per_seed else []
-        if steps:
-            ax.plot(steps, [100 * statistics.fmean(h[s] for h in per_seed) for s in steps], marker=".", label=variant,
-                    color=_color(report, variant))
+        if len(steps) >= 2:  # one evaluation is no curve (the best-results table has it)
+            style = _style(report, variant)
+            ax.plot(steps, [100 * statistics.fmean(h[s] for h in per_seed) for s in steps], marker=style["marker"],
+                    markersize=3, label=variant, color=style["color"])
             drew = True
     if not drew:
         return None
     ax.set(xlabel="optimizer step", ylabel="dev metric ×100", title=f"{task}: dev metric during training ({model})")
-    ax.legend(fontsize="small")
+    _legend(fig, ax)
     return _save(fig, out, f"history-{model}-{task}")
 
 
@@ -104,7 +128,7 @@ def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path
     lines = {k: v for k, v in lines.items() if len(v) >= 2}
     if not lines:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(entries=len(lines))
     for label, line in sorted(lines.items()):
         ranks = sorted(line)
         ax.plot(ranks, [line[r] for r in ranks], marker="o", label=label)
@@ -114,7 +138,7 @@ def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path
     ax.minorticks_off()
     ax.set(xlabel="rank r", ylabel="dev metric ×100 (best over other hyperparameters)",
            title=f"{task}: score vs rank ({model})")
-    ax.legend(fontsize="x-small")
+    _legend(fig, ax, fontsize="x-small")
     return _save(fig, out, f"rank-{model}-{task}")
 
 
