@@ -1,0 +1,97 @@
+"""GLUE quality and speed of MiniLM + LoRA (r = 8 on query,value) against the targets.
+
+    python benchmarks/glue_quality.py [--tasks sst2,cola,mrpc,rte,stsb] [--data-dir DIR] [--out DIR]
+    python benchmarks/glue_quality.py --tasks rte --train-limit 64 --epochs 1   # a smoke run
+
+One real run per task with the hyperparameters below (the best each task has had so far on a
+2-core CPU), then a table: the task's GLUE metric (best dev evaluation) against its target, the
+training time and the time per full epoch (train_s / epochs, evaluation excluded) against the
+SST-2 target. Runs are plain ``lorabench train`` runs: each writes its JSON into ``--out``, and
+a rerun reuses a finished result (same config, same run id) instead of training again.
+
+Full runs take hours on 2 CPU cores (SST-2: ~6.6 min per epoch). The figures measured so far and
+what was tried are in the closing notes of the GLUE-pipeline issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+#: task -> (run settings, primary metric, target). MiniLM = all-MiniLM-L6-v2; LoRA r=8, alpha=8 on
+#: query,value; dynamic padding with length-grouped batches.
+TASKS: dict[str, tuple[dict, str, float]] = {
+    "sst2": ({"pooling": "auto", "lr": 2e-3, "epochs": 3, "batch_size": 32, "eval_every": 700}, "accuracy", 0.90),
+    "cola": ({"pooling": "cls", "lr": 1e-3, "epochs": 5, "batch_size": 16}, "mcc", 0.40),
+    "mrpc": ({"pooling": "cls", "lr": 1e-3, "epochs": 5, "batch_size": 16}, "accuracy", 0.85),
+    "rte": ({"pooling": "auto", "lr": 2e-3, "epochs": 5, "batch_size": 16}, "accuracy", 0.62),
+    "stsb": ({"pooling": "cls", "lr": 1e-3, "epochs": 5, "batch_size": 16}, "pearson", 0.85),
+}
+EPOCH_TARGET_MIN = {"sst2": 6.0}  # minutes per epoch on 2 cores with dynamic padding
+BASE = {"model": "minilm", "variant": "lora", "r": 8, "alpha": 8, "targets": ["query", "value"],
+        "group_by_length": True, "quiet": True}
+
+
+def run_task(task: str, args: argparse.Namespace) -> dict:
+    from lorabench import results
+    from lorabench.config import RunConfig
+    from lorabench.run import execute
+
+    settings, _, _ = TASKS[task]
+    fields = {**BASE, **settings, "task": task, "out": args.out, "data_dir": args.data_dir}
+    if args.train_limit is not None:
+        fields.update(train_limit=args.train_limit, eval_limit=args.train_limit, eval_every=0)
+    if args.epochs is not None:
+        fields["epochs"] = args.epochs
+    cfg = RunConfig.from_dict(fields)
+    path = results.result_path(cfg.out, cfg.run_id())
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("status") == "ok":
+            print(f"{task}: reusing {path}")
+            return result
+    print(f"{task}: training ({cfg.epochs:g} epochs, lr {cfg.lr:g}, pooling {cfg.pooling}) ...", flush=True)
+    return execute(cfg, progress=False)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated [%(default)s]")
+    p.add_argument("--data-dir", default=os.environ.get("LORABENCH_GLUE_DIR"), help="GLUE folder [lorabench's search]")
+    p.add_argument("--out", default="runs/glue-quality", help="result folder [%(default)s]")
+    p.add_argument("--train-limit", type=int, default=None, help="examples per split, for a smoke run")
+    p.add_argument("--epochs", type=float, default=None, help="override every task's epochs")
+    args = p.parse_args()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+
+    from lorabench.cli import _quiet_transformers
+
+    _quiet_transformers()  # no weight-loading report per run: the table says what matters
+    rows = []
+    for task in tasks:
+        result = run_task(task, args)
+        _, metric, target = TASKS[task]
+        value = result["best"]["metrics"]["validation"][metric]
+        epochs = result["config"]["epochs"]
+        per_epoch = result["time"]["train_s"] / epochs / 60
+        epoch_target = EPOCH_TARGET_MIN.get(task)
+        rows.append((task, metric, value, target, result["time"]["train_s"], per_epoch, epoch_target,
+                     result["time"]["tokens_per_s"]))
+
+    print(f"\n{'task':6} {'metric':9} {'best dev':>8} {'target':>7} {'met':>4}  {'train s':>8} "
+          f"{'min/epoch':>9} {'target':>6} {'tok/s':>7}")
+    for task, metric, value, target, train_s, per_epoch, epoch_target, tok_s in rows:
+        et = f"{epoch_target:.1f}" if epoch_target else "-"
+        print(f"{task:6} {metric:9} {value:8.4f} {target:7.2f} {'yes' if value >= target else 'no':>4}  "
+              f"{train_s:8.1f} {per_epoch:9.2f} {et:>6} {tok_s:7.0f}")
+    if args.train_limit is not None:
+        print(f"(smoke run: {args.train_limit} examples per split; the targets are for the full sets)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
