@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import VariantError, check
-from .lora import RESIDUAL_INITS, LoRA, LoRAOptions
+from .base import check
+from .lora import RESIDUAL_INITS, LoRAOptions
+from .nested_rank import NestedRankLoRA
 
 _MASK64 = (1 << 64) - 1
 
@@ -52,7 +51,7 @@ class DyLoRAOptions(LoRAOptions):
 
 
 @register("dylora")
-class DyLoRA(LoRA):
+class DyLoRA(NestedRankLoRA):
     """DyLoRA: Parameter-Efficient Tuning of Pre-trained Models using Dynamic Search-Free
     Low-Rank Adaptation. Valipour, Rezagholizadeh, Kobyzev & Ghodsi 2022, arXiv 2210.07558.
 
@@ -67,32 +66,19 @@ class DyLoRA(LoRA):
 
     def __init__(self, in_features, out_features, opts, shared=None):
         super().__init__(in_features, out_features, opts, shared)
-        # The rank used in eval mode and for delta_weight / export; a buffer, so it is saved.
-        self.register_buffer("eval_rank", torch.tensor(opts.r, dtype=torch.int64))
         self.seed = torch.initial_seed()
         self.train_rank = sample_rank(self.seed, 0, opts.r)  # rank of the first step
-        self.merged_rank: int | None = None
 
     # ---- rank schedule -----------------------------------------------------------------
     def on_step(self, step, total):
         self.train_rank = sample_rank(self.seed, step, self.opts.r)  # rank of the next step
 
-    def set_rank(self, rank: int) -> None:
-        """Use the first ``rank`` components in eval mode, delta_weight and export."""
-        r = self.opts.r
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= r:
-            raise VariantError(f"DyLoRA rank must be an integer in 1..{r} (its max rank r), got {rank!r}")
-        self.eval_rank.fill_(int(rank))
-
     def active_rank(self) -> int:
         return self.train_rank if self.training else int(self.eval_rank)
 
-    def scale_at(self, b: int) -> float:
-        return self.opts.alpha / (math.sqrt(b) if self.opts.rslora else b)
-
     @property
     def scale(self) -> float:
-        return self.scale_at(self.active_rank())
+        return self.scale_of(self.opts, self.active_rank())
 
     # ---- compute -----------------------------------------------------------------------
     def delta(self, x):
@@ -102,28 +88,15 @@ class DyLoRA(LoRA):
             A = torch.cat([A[: b - 1].detach(), A[b - 1 :]], dim=0)
             B = torch.cat([B[:, : b - 1].detach(), B[:, b - 1 :]], dim=1)
         z = F.linear(self.dropout(x), A)  # (..., b)
-        return F.linear(z * self.scale_at(b), B)  # (..., out)
+        return F.linear(z * self.scale_of(self.opts, b), B)  # (..., out)
 
     def delta_at(self, b: int) -> torch.Tensor:
-        return self.scale_at(b) * (self.lora_B[:, :b] @ self.lora_A[:b])  # (out, in)
-
-    def delta_weight(self):
-        return self.delta_at(int(self.eval_rank))
-
-    def merged_weight(self, weight):
-        # Remember the rank merged in, so unmerge removes exactly that even after set_rank.
-        self.merged_rank = int(self.eval_rank)
-        return weight + self.delta_at(self.merged_rank).to(weight.dtype)
-
-    def unmerged_weight(self, merged):
-        b = self.merged_rank if self.merged_rank is not None else int(self.eval_rank)
-        self.merged_rank = None
-        return merged - self.delta_at(b).to(merged.dtype)
+        return self.scale_of(self.opts, b) * (self.lora_B[:, :b] @ self.lora_A[:b])  # (out, in)
 
     # ---- PEFT export: a plain rank-b LoRA, scale folded into B --------------------------
     def lowrank_factors(self):
         b = int(self.eval_rank)
-        return self.scale_at(b) * self.lora_B[:, :b], self.lora_A[:b]
+        return self.scale_of(self.opts, b) * self.lora_B[:, :b], self.lora_A[:b]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eval_rank={int(self.eval_rank)}, train_rank={self.train_rank}"

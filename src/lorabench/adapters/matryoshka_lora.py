@@ -7,7 +7,6 @@ LoRAs of all the ranks in S at once; evaluation uses any prefix rank b (``set_ra
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +17,8 @@ from torch import nn
 
 from . import register
 from .base import VariantError, check
-from .lora import RESIDUAL_INITS, LoRA, LoRAOptions
+from .lora import RESIDUAL_INITS, LoRAOptions
+from .nested_rank import NestedRankLoRA
 
 #: Rules that read one scalar scale s (``adapter.scale``); P gives every component its own.
 _SCALAR_SCALE_RULES = ("lora_pro", "altlora")
@@ -83,7 +83,7 @@ class MatryoshkaLoRAOptions(LoRAOptions):
 
 
 @register("matryoshka_lora")
-class MatryoshkaLoRA(LoRA):
+class MatryoshkaLoRA(NestedRankLoRA):
     """MatryoshkaLoRA: Learning Accurate Hierarchical Low-Rank Representations for LLM
     Fine-Tuning. Modoranu, Safaryan & Alistarh 2026, arXiv 2605.07850.
 
@@ -101,13 +101,6 @@ class MatryoshkaLoRA(LoRA):
     def __init__(self, in_features, out_features, opts, shared=None):
         super().__init__(in_features, out_features, opts, shared)
         self.register_buffer("P", self.p_diagonal(opts), persistent=False)  # (r,), from the options
-        # The rank used in eval mode, delta_weight and export; a buffer, so it is saved.
-        self.register_buffer("eval_rank", torch.tensor(opts.r, dtype=torch.int64))
-        self.merged_rank: int | None = None
-
-    @staticmethod
-    def scale_of(opts, b: int) -> float:
-        return opts.alpha / (math.sqrt(b) if opts.rslora else b)
 
     @classmethod
     def p_diagonal(cls, opts) -> torch.Tensor:
@@ -117,14 +110,7 @@ class MatryoshkaLoRA(LoRA):
             P[:b] += cls.scale_of(opts, b)
         return P
 
-    # ---- rank selection ----------------------------------------------------------------
-    def set_rank(self, rank: int) -> None:
-        """Use the first ``rank`` components in eval mode, delta_weight and export."""
-        r = self.opts.r
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= r:
-            raise VariantError(f"MatryoshkaLoRA rank must be an integer in 1..{r} (its max rank r), got {rank!r}")
-        self.eval_rank.fill_(int(rank))
-
+    # ---- rank selection (set_rank: NestedRankLoRA) ----------------------------------------
     @property
     def scale(self) -> float:
         return self.scale_of(self.opts, int(self.eval_rank))
@@ -146,19 +132,6 @@ class MatryoshkaLoRA(LoRA):
 
     def delta_at(self, b: int) -> torch.Tensor:
         return (self.lora_B[:, :b] * self.weights_at(b)) @ self.lora_A[:b]  # (out, in)
-
-    def delta_weight(self):
-        return self.delta_at(int(self.eval_rank))
-
-    def merged_weight(self, weight):
-        # Remember the rank merged in, so unmerge removes exactly that even after set_rank.
-        self.merged_rank = int(self.eval_rank)
-        return weight + self.delta_at(self.merged_rank).to(weight.dtype)
-
-    def unmerged_weight(self, merged):
-        b = self.merged_rank if self.merged_rank is not None else int(self.eval_rank)
-        self.merged_rank = None
-        return merged - self.delta_at(b).to(merged.dtype)
 
     # ---- PEFT export: a plain rank-b LoRA, the scales folded into B ---------------------
     def lowrank_factors(self):
