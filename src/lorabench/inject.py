@@ -322,8 +322,8 @@ def on_step(model: nn.Module, step: int, total: int) -> None:
 
 def prepare(model: nn.Module, batches: Any) -> None:
     """Run the variant's data-driven initialisation (LoRA-GA ...) before training.
-    Afterwards ``is_prepared(model)`` is True (``lorabench.train.fit`` then does not repeat it)
-    and ``model.lorabench_prepare_s`` holds the seconds it took."""
+    Afterwards ``model.lorabench_prepare_s`` holds the seconds it took, so ``is_prepared(model)``
+    is True (``lorabench.train.fit`` then does not repeat it)."""
     import time
 
     state = state_of(model)
@@ -331,7 +331,6 @@ def prepare(model: nn.Module, batches: Any) -> None:
     start = time.perf_counter()
     cls.prepare(model, batches, cls.make_options(**state.options))
     model.lorabench_prepare_s = time.perf_counter() - start
-    model.lorabench_prepared = True
 
 
 def needs_data(model: nn.Module) -> bool:
@@ -340,7 +339,7 @@ def needs_data(model: nn.Module) -> bool:
 
 
 def is_prepared(model: nn.Module) -> bool:
-    return bool(getattr(model, "lorabench_prepared", False))
+    return getattr(model, "lorabench_prepare_s", None) is not None
 
 
 def set_rank(model: nn.Module, rank: int) -> nn.Module:

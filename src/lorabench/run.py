@@ -90,15 +90,12 @@ def load(cfg: RunConfig):
 def _prepare_then_quantize(model, train_loader, cfg: RunConfig) -> None:
     """The data-driven init on the batches ``fit`` would give it (on the GPU when there is one),
     then the frozen layers (the residual W0 - s B0 A0 for LoRA-GA) stored in 4 bits."""
-    import itertools
-
     from accelerate.utils import send_to_device
 
     from . import quant
-    from .train import PREPARE_BATCHES, _rewind
+    from .train import first_batches
 
-    batches = list(itertools.islice(train_loader, PREPARE_BATCHES))
-    _rewind(train_loader)
+    batches = first_batches(train_loader)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     inject.prepare(model, [send_to_device(b, device) for b in batches])

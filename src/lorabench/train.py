@@ -133,8 +133,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
     # loss scaling, bf16 has fp32's exponent range and does not.
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=state.precision == "fp16")
-    first = list(itertools.islice(train_loader, PREPARE_BATCHES))  # for prepare (and the DDP probe)
-    _rewind(train_loader)
+    first = first_batches(train_loader)  # for prepare (and the DDP probe)
     accelerator = distributed.make_accelerator(model, first[0] if first else None, cuda)
     budget = cfg.budget_bytes()
     check_memory_budget(model, budget, cfg.model)
@@ -170,7 +169,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         with prep_clock:  # every rank: the same unsplit batches (see lorabench.distributed)
             first = [send_to_device(b, accelerator.device) for b in first]
             if inject.is_prepared(core):  # run.load prepared it before a 4-bit quantization
-                prep_clock.total += getattr(core, "lorabench_prepare_s", 0.0)
+                prep_clock.total += core.lorabench_prepare_s
             else:
                 inject.prepare(core, first)
             if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -271,6 +270,14 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         state.time.update(time)
         state.memory.update(memory)
     return state.summary()
+
+
+def first_batches(loader) -> list:
+    """The first ``PREPARE_BATCHES`` batches (for ``prepare``), the loader rewound afterwards so
+    training still starts at its first batch."""
+    batches = list(itertools.islice(loader, PREPARE_BATCHES))
+    _rewind(loader)
+    return batches
 
 
 def _rewind(loader) -> None:
