@@ -50,9 +50,9 @@ def cmd_adapter(args: argparse.Namespace) -> int:
 
     if not args.debug:
         _quiet_transformers()  # no loading report: the one line below (or the error) says what matters
-    pooling = config.get("pooling", "cls")  # adapters saved before pooling existed: the model's own head
-    model, _ = load_model(args.model, args.task, head=args.head, layers=args.layers,
-                          pooling=pooling if args.head == "cls" and pooling in ("cls", "mean") else "auto",
+    # The pooling it was trained with ("lm" heads and adapters saved before pooling existed: "cls").
+    pooling = "mean" if config.get("pooling") == "mean" else "cls"
+    model, _ = load_model(args.model, args.task, head=args.head, layers=args.layers, pooling=pooling,
                           trust_remote_code=args.trust_remote_code)
     load_adapter(model, directory)
     print(f"  loads onto {args.model} ({args.task}, head {args.head}): ok")
