@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -360,8 +361,8 @@ def test_grad_checkpointing_gives_the_same_losses():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_autocast_and_loss_scaling(monkeypatch, precision):
-    """Half precision runs on CUDA only; CPU autocast stands in here to exercise the same
-    code path (autocast forward, GradScaler for fp16: scale, unscale before clipping, step)."""
+    """fp16 runs on CUDA only; CPU autocast stands in here to exercise the same code path
+    (autocast forward, GradScaler for fp16: scale, unscale before clipping, step)."""
     import lorabench.train as train
 
     full, _ = run_fit(epochs=1)
@@ -371,6 +372,30 @@ def test_half_precision_autocast_and_loss_scaling(monkeypatch, precision):
     a, b = [x for _, x in full["train_loss"]], [x for _, x in half["train_loss"]]
     assert a != b  # autocast really ran in half precision
     assert b == pytest.approx(a, rel=0.05, abs=0.02)  # and still trains the same model
+
+
+def test_cpu_precision_bf16_is_honoured_fp16_falls_back_auto_is_fp32():
+    from lorabench.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("fp32", cpu) == "fp32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_precision("fp16", cpu) == "fp32"
+    assert any("fp16 needs CUDA" in str(w.message) and "--precision bf16" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU without native bf16 warns that it is slow
+        assert resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_on_cpu_trains_in_bf16_without_patching():
+    full, _ = run_fit(epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half, _ = run_fit(epochs=1, precision="bf16")
+    assert half["status"] == "ok" and half["precision"] == "bf16"
+    a, b = [x for _, x in full["train_loss"]], [x for _, x in half["train_loss"]]
+    assert a != b and b == pytest.approx(a, rel=0.05, abs=0.02)
 
 
 # ---- end to end: `lorabench train` on real SST-2 ------------------------------------------

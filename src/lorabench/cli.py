@@ -81,7 +81,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, help="evaluate every N steps, 0 = every epoch [0]")
     g.add_argument("--log-every", type=int, help="record the training loss every N steps [10]")
     g.add_argument("--memory-budget", help="GPU memory cap, e.g. 8GiB or 512MiB")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="[auto]")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 also runs on CPU (fp16: CUDA only) [auto]")
     g.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, help="recompute activations")
     g.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, help="batch similar lengths")
     g.add_argument("--quantize", choices=("nf4", "fp4"), help="store the frozen linear layers in 4 bits (QLoRA)")

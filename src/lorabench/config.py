@@ -76,7 +76,7 @@ class RunConfig:
     log_every: int = 10  #: record the mean training loss every N optimizer steps
     # ---- resources ------------------------------------------------------------------
     memory_budget: str | int | None = None  #: GPU memory cap, e.g. "8GiB", "512MiB" or bytes
-    precision: str = "auto"  #: auto (fp32 on CPU, bf16 on CUDA if supported) | fp32 | bf16 | fp16
+    precision: str = "auto"  #: auto (fp32 on CPU, bf16 on CUDA if supported) | fp32 | bf16 (CUDA or CPU) | fp16 (CUDA)
     grad_checkpointing: bool = False  #: recompute activations in backward to save memory
     group_by_length: bool = False  #: batch examples of similar length (less padding)
     quantize: str | None = None  #: "nf4" | "fp4": store every frozen linear layer in 4 bits (bitsandbytes)

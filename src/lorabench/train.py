@@ -88,14 +88,33 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], 
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA when supported, else fp32. Half precision runs on CUDA only."""
+    """The autocast precision a run trains in.
+
+    ``auto`` is bf16 on a CUDA GPU that supports it, else fp32 (so CPU runs stay exactly
+    repeatable by default). On CPU, ``bf16`` is honoured: autocast runs the matmuls in bf16
+    (oneDNN), ~1.6x the fp32 throughput on CPUs with native bf16 (AVX512-BF16 or AMX); fp16
+    needs a GPU's loss scaling and falls back to fp32 with a warning.
+    """
     if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            warnings.warn(f"precision {precision} needs CUDA; training in fp32 on {device.type}", stacklevel=2)
-        return "fp32"
+        if precision == "fp16":
+            warnings.warn(f"precision fp16 needs CUDA; training in fp32 on {device.type} "
+                          "(use --precision bf16 for half-precision matmuls on CPU)", stacklevel=2)
+            return "fp32"
+        if precision == "bf16" and not cpu_has_native_bf16():
+            warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast is emulated "
+                          "and slower than fp32; use --precision fp32", stacklevel=2)
+        return "bf16" if precision == "bf16" else "fp32"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def enable_grad_checkpointing(model: torch.nn.Module) -> bool:
