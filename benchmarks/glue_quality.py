@@ -1,4 +1,4 @@
-"""GLUE quality and speed of MiniLM + LoRA against the targets.
+"""GLUE quality and speed of MiniLM (LoRA, or full fine-tuning where it scores higher) vs targets.
 
     python benchmarks/glue_quality.py [--tasks sst2,cola,mrpc,rte,stsb] [--data-dir DIR] [--out DIR]
     python benchmarks/glue_quality.py --tasks rte --train-limit 64 --epochs 1   # a smoke run
@@ -8,14 +8,22 @@ One real run per task with the hyperparameters below (the best each task has had
 2-core CPU), then a table: the task's GLUE metric (best dev evaluation) against its target, the
 training time and the time per full epoch (train_s / epochs, evaluation excluded) against the
 SST-2 target. SST-2 runs in the setting its target names (LoRA r=8 on query,value); the other
-tasks use what scored best. Runs are plain ``lorabench train`` runs: each writes its JSON into
-``--out``, and a rerun reuses a finished result (same config, same run id) instead of training again.
+tasks use what scored best: LoRA for CoLA and STS-B, full fine-tuning for MRPC and RTE (0.826
+and 0.628 after 8 epochs at 5e-5, against LoRA's 0.806 and 0.542). Runs are plain ``lorabench
+train`` runs: each writes its JSON into ``--out``, and a rerun reuses a finished result (same
+config, same run id) instead of training again.
 
 Runs use bf16 autocast on the CPU by default (``--precision bf16``: on a CPU with AVX512-BF16,
 SST-2 trains at ~3,450 tokens/s instead of fp32's ~2,250, ~4.3 min per epoch on 2 cores instead
-of ~6.6, with the same dev accuracy within noise: 0.881 vs 0.883).
-Full runs take hours on 2 CPU cores. The figures measured so far and what was tried are in the
-closing notes of the GLUE-pipeline issue.
+of ~6.6, with the same dev accuracy within noise: 0.881 vs 0.883). Full runs take hours on 2 CPU
+cores. The figures measured so far and what was tried are in the closing notes of the
+GLUE-pipeline issue.
+
+The targets sit at or above what all-MiniLM-L6-v2 itself can reach: full fine-tuning of it
+(every weight trained, bf16, 2 cores) tops out at SST-2 0.893 (1 and 2 epochs), CoLA MCC 0.301
+(10 epochs at 1e-4) and MRPC 0.826 (8 epochs at 5e-5), so LoRA is not expected to meet those
+three on this model. ``--model roberta-base`` (hub, with internet; learning rates tuned on
+MiniLM, so expect to lower them) is the encoder the targets were set for.
 """
 
 from __future__ import annotations
@@ -24,20 +32,21 @@ import argparse
 import json
 import os
 
-QV8 = {"r": 8, "alpha": 8, "targets": ["query", "value"]}
-ALL16 = {"r": 16, "alpha": 16, "targets": "all-linear"}
+QV8 = {"variant": "lora", "r": 8, "alpha": 8, "targets": ["query", "value"]}
+ALL16 = {"variant": "lora", "r": 16, "alpha": 16, "targets": "all-linear"}
+FULL = {"variant": "full"}  # every weight trained
 #: task -> (run settings, primary metric, target). MiniLM = all-MiniLM-L6-v2; dynamic padding with
 #: length-grouped batches; pooling "auto" = mean, as the checkpoint declares.
 TASKS: dict[str, tuple[dict, str, float]] = {
     "sst2": ({**QV8, "pooling": "auto", "lr": 2e-3, "epochs": 1.5, "batch_size": 32, "eval_every": 350},
              "accuracy", 0.90),
     "cola": ({**ALL16, "pooling": "auto", "lr": 1e-3, "epochs": 10, "batch_size": 32}, "mcc", 0.40),
-    "mrpc": ({**QV8, "pooling": "cls", "lr": 1e-3, "epochs": 5, "batch_size": 16}, "accuracy", 0.85),
-    "rte": ({**QV8, "pooling": "auto", "lr": 2e-3, "epochs": 5, "batch_size": 16}, "accuracy", 0.62),
+    "mrpc": ({**FULL, "pooling": "cls", "lr": 5e-5, "epochs": 8, "batch_size": 16}, "accuracy", 0.85),
+    "rte": ({**FULL, "pooling": "auto", "lr": 5e-5, "epochs": 8, "batch_size": 16}, "accuracy", 0.62),
     "stsb": ({**QV8, "pooling": "cls", "lr": 1e-3, "epochs": 5, "batch_size": 16}, "pearson", 0.85),
 }
 EPOCH_TARGET_MIN = {"sst2": 6.0}  # minutes per epoch on 2 cores with dynamic padding
-BASE = {"model": "minilm", "variant": "lora", "group_by_length": True, "quiet": True}
+BASE = {"group_by_length": True, "quiet": True}
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
@@ -47,7 +56,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
 
     settings, _, _ = TASKS[task]
     fields = {**BASE, **settings, "task": task, "out": args.out, "data_dir": args.data_dir,
-              "precision": args.precision}
+              "precision": args.precision, "model": args.model}
     if args.train_limit is not None:
         fields.update(train_limit=args.train_limit, eval_limit=args.train_limit, eval_every=0)
     if args.epochs is not None:
@@ -59,7 +68,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
         if result.get("status") == "ok":
             print(f"{task}: reusing {path}")
             return result
-    print(f"{task}: training ({cfg.epochs:g} epochs, lr {cfg.lr:g}, pooling {cfg.pooling}, "
+    print(f"{task}: training {cfg.variant} ({cfg.epochs:g} epochs, lr {cfg.lr:g}, pooling {cfg.pooling}, "
           f"{cfg.precision}) ...", flush=True)
     return execute(cfg, progress=False)
 
@@ -71,6 +80,7 @@ def main() -> int:
     p.add_argument("--out", default="runs/glue-quality", help="result folder [%(default)s]")
     p.add_argument("--train-limit", type=int, default=None, help="examples per split, for a smoke run")
     p.add_argument("--epochs", type=float, default=None, help="override every task's epochs")
+    p.add_argument("--model", default="minilm", help="alias, hub id or folder [%(default)s]")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast on the CPU [%(default)s]")
     args = p.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
