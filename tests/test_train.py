@@ -359,16 +359,16 @@ def test_grad_checkpointing_gives_the_same_losses():
     assert [x for _, x in ckpt["train_loss"]] == pytest.approx([x for _, x in plain["train_loss"]], rel=1e-5)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_half_precision_autocast_and_loss_scaling(monkeypatch, precision):
+def test_fp16_autocast_and_loss_scaling(monkeypatch):
     """fp16 runs on CUDA only; CPU autocast stands in here to exercise the same code path
-    (autocast forward, GradScaler for fp16: scale, unscale before clipping, step)."""
+    (autocast forward, GradScaler: scale, unscale before clipping, step). bf16 needs no
+    stand-in: it runs on CPU as it is (the next tests)."""
     import lorabench.train as train
 
     full, _ = run_fit(epochs=1)
     monkeypatch.setattr(train, "resolve_precision", lambda precision, device: precision)
-    half, _ = run_fit(epochs=1, precision=precision)
-    assert half["status"] == "ok" and half["precision"] == precision
+    half, _ = run_fit(epochs=1, precision="fp16")
+    assert half["status"] == "ok" and half["precision"] == "fp16"
     a, b = [x for _, x in full["train_loss"]], [x for _, x in half["train_loss"]]
     assert a != b  # autocast really ran in half precision
     assert b == pytest.approx(a, rel=0.05, abs=0.02)  # and still trains the same model
