@@ -1,6 +1,6 @@
 """Bad input through the command line, one row per mistake a user makes.
 
-Every row runs ``lorabench.cli.main`` in-process and must exit 2 with exactly one stderr line
+Every row runs ``lorabench.commands.main`` in-process and must exit 2 with exactly one stderr line
 ``error: ...`` naming the problem and the fix (no traceback), and write nothing at all (the
 results folder is never created). The one exception, ``test_foreign_json_in_report_folder``:
 a stray JSON in a results folder is a warning, the report still runs.
@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 import torch
 
-from lorabench import cli
+from lorabench import commands as cli
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"

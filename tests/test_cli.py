@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 import lorabench
-from lorabench import adapters, cli
-from lorabench.cli import main, parse_opts, parse_value
+from lorabench import adapters
+from lorabench import commands as cli
+from lorabench.commands.args import config_from_args
+from lorabench.commands import main
+from lorabench.commands.args import parse_opts, parse_value
 from lorabench.config import ConfigError
 
 GLUE = Path(__file__).resolve().parents[2] / "shared/data/glue"
@@ -84,7 +87,7 @@ def test_parse_opts():
 
 def config_of(*argv):
     args = cli.build_parser().parse_args(["train", *argv])
-    return cli.config_from_args(args)
+    return config_from_args(args)
 
 
 def test_flags_and_opts_build_the_run_config(tmp_path):

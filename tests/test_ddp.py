@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lorabench
-from lorabench import distributed, results
+from lorabench import distributed, inject, results
 from lorabench.config import ConfigError, RunConfig
 from lorabench.measure import combine_ranks
 
@@ -96,11 +96,11 @@ def test_probe_names_an_unused_parameter_and_leaves_no_trace(bert, batch):
 
 def test_adapter_checksum_sees_every_trained_tensor(bert):
     lorabench.apply(bert, "lora", ["query", "value"])
-    before = distributed.adapter_checksum(bert)
-    assert before == distributed.adapter_checksum(bert) and len(before) == 16
+    before = distributed.checksum(inject.adapter_tensors(bert))
+    assert before == distributed.checksum(inject.adapter_tensors(bert)) and len(before) == 16
     with torch.no_grad():
         bert.classifier.bias[0] += 1e-6  # the head is trained too
-    assert distributed.adapter_checksum(bert) != before
+    assert distributed.checksum(inject.adapter_tensors(bert)) != before
 
 
 # ---- end to end: 1 process vs 2 processes ------------------------------------------------------
@@ -110,7 +110,7 @@ FLAGS = ["--model", "minilm", "--layers", "2", "--task", "sst2", "--train-limit"
 
 @needs_glue
 def test_two_processes_match_one_process(tmp_path):
-    from lorabench.cli import main
+    from lorabench.commands import main
     from lorabench.data import get_task
     from lorabench.models import load_model
 
@@ -147,12 +147,12 @@ def test_two_processes_match_one_process(tmp_path):
     assert two["distributed"]["in_sync"] and ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]
     model, _ = load_model("minilm", get_task("sst2"), layers=2)
     lorabench.load_adapter(model, tmp_path / "two" / f"run-{two['run_id']}-adapter")
-    assert distributed.adapter_checksum(model) == ranks[0]["adapter_sha256"]
+    assert distributed.checksum(inject.adapter_tensors(model)) == ranks[0]["adapter_sha256"]
 
 
 @needs_glue
 def test_bad_input_in_the_ranks_is_one_error_and_no_result(tmp_path, capsys):
-    from lorabench.cli import main
+    from lorabench.commands import main
 
     flags = ["--model", "minilm", "--layers", "2", "--train-limit", "32", "--data-dir", str(GLUE), "--quiet"]
     rc = main(["train", *flags, "--out", str(tmp_path), "--num-processes", "2", "--targets", "no_such_layer"])

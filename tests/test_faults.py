@@ -18,7 +18,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 import lorabench
-from lorabench import cli, results, sweep
+from lorabench import commands as cli
+from lorabench import results, sweep
 from lorabench.config import RunConfig
 from lorabench.data import get_task
 from lorabench.measure import halve_micro_batch

@@ -112,7 +112,7 @@ GLUE = Path(__file__).resolve().parents[2] / "shared/data/glue"
 
 @pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason=f"GLUE data not found at {GLUE}")
 def test_cli_train_quantize_nf4_with_pissa_end_to_end(tmp_path):
-    from lorabench.cli import main
+    from lorabench.commands import main
 
     rc = main(["train", "--model", "minilm", "--layers", "2", "--task", "sst2", "--train-limit", "64",
                "--eval-limit", "32", "--max-length", "32", "--epochs", "2", "--batch-size", "16", "--lr", "5e-3",
@@ -156,7 +156,7 @@ def test_a_gradient_init_on_an_already_quantized_model_names_the_order():
 @pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason=f"GLUE data not found at {GLUE}")
 @pytest.mark.parametrize("variant", ["lora_ga", "lora_sb"])
 def test_cli_train_quantize_nf4_with_a_gradient_init(tmp_path, variant):
-    from lorabench.cli import main
+    from lorabench.commands import main
 
     rc = main(["train", "--model", "minilm", "--layers", "1", "--task", "sst2", "--train-limit", "32",
                "--eval-limit", "16", "--max-length", "32", "--epochs", "1", "--batch-size", "16",

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lorabench import cli, report
+from lorabench import commands as cli
+from lorabench import report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results"
 SST2 = {"lora": [0.90, 0.92, 0.91], "dora": [0.95, 0.96, 0.955], "full": [0.915, 0.905, 0.93], "vera": [0.85]}

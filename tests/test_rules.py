@@ -336,21 +336,22 @@ def test_fit_calls_before_step_once_per_optimizer_step(optimizer, monkeypatch):
 
 
 def test_cli_opt_optimizer_composes_structure_init_and_rule():
-    from lorabench import cli
+    from lorabench import commands as cli
+    from lorabench.commands.args import config_from_args
     from lorabench.config import ConfigError
 
     args = cli.build_parser().parse_args(["train", "--variant", "dora", "--opt", "init=pissa",
                                           "--opt", "optimizer=lora_plus", "--opt", "lr_ratio=4"])
-    opts = cli.config_from_args(args).variant_options()
+    opts = config_from_args(args).variant_options()
     assert (opts["init"], opts["optimizer"], opts["lr_ratio"]) == ("pissa", "lora_plus", 4.0)
     args = cli.build_parser().parse_args(["train", "--variant", "vera", "--opt", "optimizer=lora_fa"])
     with pytest.raises(ConfigError, match="has no low-rank factors"):
-        cli.config_from_args(args).variant_options()
+        config_from_args(args).variant_options()
 
 
 def test_variants_lists_structures_initialisations_and_rules():
     from lorabench.adapters.lora import INITS
-    from lorabench.cli import describe_variants
+    from lorabench.commands.variants import describe_variants
 
     text = describe_variants()
     assert text.index("structures") < text.index("\ninitialisations") < text.index("\noptimisation rules")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorabench import cli, results, sweep
+from lorabench import commands as cli
+from lorabench import results, sweep
 from lorabench.sweep import SweepError
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"

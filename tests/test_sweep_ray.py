@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorabench import cli, results, sweep
+from lorabench import commands as cli
+from lorabench import results, sweep
 from lorabench.config import RunConfig
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -83,7 +84,7 @@ class FakeRay(types.ModuleType):
 
 @pytest.mark.parametrize("gpus, expected", [(0, 0), (2.0, 1)])
 def test_task_resources_and_portable_paths(tmp_path, monkeypatch, capsys, gpus, expected):
-    from lorabench import sweep_ray
+    from lorabench.sweep import ray as sweep_ray
 
     fake = FakeRay(gpus)
     monkeypatch.setitem(sys.modules, "ray", fake)

@@ -404,7 +404,7 @@ SMALL = ["--task", "sst2", "--train-limit", "256", "--eval-limit", "64", "--max-
 
 
 def cli_train(tmp_path, *flags) -> dict:
-    from lorabench.cli import main
+    from lorabench.commands import main
 
     rc = main(["train", "--data-dir", str(GLUE), "--out", str(tmp_path), *SMALL, *flags])
     assert rc == 0
@@ -464,7 +464,7 @@ def test_train_saves_adapter_and_records_its_size(tmp_path):
 @needs_glue
 def test_crash_during_training_writes_an_error_result_then_exits_1(tmp_path, monkeypatch, capsys):
     import lorabench.run as run
-    from lorabench.cli import main
+    from lorabench.commands import main
 
     def crashing_fit(model, train_loader, dev_loaders, task, cfg, *, progress=True, state=None):
         state.step, state.history = 3, [{"step": 3, "epoch": 0.5, "train_loss": 0.7, "metrics": {}}]

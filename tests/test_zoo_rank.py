@@ -13,7 +13,7 @@ import lorabench
 from lorabench import VariantError
 from lorabench.adapters import get
 from lorabench.adapters.lora_squeeze import LoRASqueeze, lowrank_svd, squeeze_factors
-from lorabench.cli import main
+from lorabench.commands import main
 from lorabench.inject import adapted_layers, head_modules
 from lorabench.metrics import aurac
 

@@ -7,14 +7,14 @@
     lorabench.save_adapter(model, "adapter/")
 """
 
-__version__ = "0.1.0"
-
-from .adapters import Variant, VariantError, register
+from ._version import __version__
+from .adapters import Variant, register
 from .adapters import names as variants
-from .adapters.lora_squeeze import squeeze
-from .adapters.matryoshka_lora import evaluate_ranks
+from .errors import VariantError
+from .ranks import evaluate_ranks, squeeze
 from .checkpoint import load_adapter, save_adapter
 from .metrics import aurac
+from .peft_export import export_peft
 from .inject import (
     apply,
     before_step,
@@ -29,14 +29,10 @@ from .inject import (
 )
 
 
-def export_peft(model, directory):
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` loadable by PEFT."""
-    from .peft_export import export_peft as _export
-
-    return _export(model, directory)
 
 
 __all__ = [
+    "__version__",
     "Variant",
     "VariantError",
     "apply",

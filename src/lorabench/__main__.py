@@ -1,5 +1,5 @@
-"""``python -m lorabench ...`` runs the ``lorabench`` command."""
+"""``python -m lorabench`` = the ``lorabench`` command."""
 
-from .cli import main
+from .commands import main
 
 raise SystemExit(main())

@@ -22,53 +22,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapters.base import VariantError
-from .results import file_mode
-from .inject import (
-    _subtract_offset,
+from ._version import __version__
+from .errors import AdapterFileError, VariantError
+from .inject import (  # noqa: F401  (adapter_tensors and RULE_INFIX: part of the file format)
+    RULE_INFIX,
     adapted_layers,
+    adapter_tensors,
     apply,
     fingerprint,
     is_linear,
     state_of,
 )
+from .results import file_mode
 
 CONFIG_NAME = "lorabench_adapter.json"
 WEIGHTS_NAME = "lorabench_adapter.safetensors"
 FORMAT_VERSION = 1
-RULE_INFIX = ".rule."  # <layer>.rule.<key>: the optimisation rule's state (present once it has some)
-
-
-class AdapterFileError(VariantError):
-    """A missing, corrupt or mismatched adapter file."""
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor needed to rebuild the adapted model from its base: adapter state,
-    shared state and all other trainable parameters (task head; everything for ``full``)."""
-    tensors: dict[str, torch.Tensor] = {}
-    owned: set[int] = set()
-    for name, layer in adapted_layers(model):
-        for key, t in layer.adapter.state_dict().items():
-            tensors[f"{name}.adapter.{key}"] = t
-        for key, t in layer.adapter.rule.state_dict().items():  # AltLoRA's momentum, Stable-LoRA's stop
-            tensors[f"{name}{RULE_INFIX}{key}"] = t
-        owned.update(id(p) for p in layer.adapter.parameters())
-    shared = getattr(model, "lorabench_shared", None)
-    if shared is not None:
-        for key, t in shared.state_dict().items():
-            tensors[f"lorabench_shared.{key}"] = t
-        owned.update(id(p) for p in shared.parameters())
-    for name, p in model.named_parameters():
-        if p.requires_grad and id(p) not in owned:
-            tensors[name] = p
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -96,7 +65,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     config = {
         "format": "lorabench-adapter",
         "format_version": FORMAT_VERSION,
-        "lorabench_version": _version(),
+        "lorabench_version": __version__,
         **state.to_json(),
         "base_model": getattr(getattr(model, "config", None), "_name_or_path", None),
         "model_class": type(model).__name__,
@@ -167,7 +136,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         )
     _load_tensors(model, tensors)
     for name, layer in adapted_layers(model):
-        _subtract_offset(layer)
+        layer.subtract_base_offset()
         if name in rule_state:  # else the rule starts fresh (an adapter saved before it had state)
             layer.adapter.rule.load_state_dict(rule_state[name])
     return model

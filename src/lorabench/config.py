@@ -18,20 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Fields that change where results go or how they are shown, never what is computed:
-#: excluded from ``resolved()`` and so from the run id (a result is found again wherever
-#: the GLUE folder lives and whatever the output folder is called).
-NOT_HASHED = ("out", "quiet", "data_dir", "save_adapter", "trust_remote_code")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-HEADS = ("cls", "lm")
-POOLINGS = ("auto", "cls", "mean")  # lorabench.models.POOLINGS
-QUANTIZE = ("nf4", "fp4")  # lorabench.quant.QUANT_TYPES
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+import yaml
+
+from . import units
+from .adapters import registry
+from .choices import HEADS, POOLINGS, PRECISIONS, QUANT_TYPES
+from .data.glue import get_task
+from .errors import ConfigError, DataError, VariantError
+from .ids import canonical, run_id
+
 _NAME = re.compile(r"[\w.\-]+")
-
-
-class ConfigError(ValueError):
-    """A bad run setting. The message names the problem and the fix."""
 
 
 def check(condition: bool, message: str) -> None:
@@ -39,60 +35,98 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None,
+            metavar: str | None = None, hashed: bool = True, hyperparameter: bool = True) -> Any:
+    """A RunConfig field with what the command line and the report need to know about it.
+
+    ``help`` becomes the flag's help (the default is appended), ``choices`` the allowed values,
+    ``group`` the help section; ``hashed=False`` keeps the field out of the run id (where results
+    go or how they are shown, never what is computed); ``hyperparameter=False`` keeps it out of the
+    report's configuration columns. ``flag`` renames the flag (``options`` is ``--opt KEY=VALUE``).
+    A callable ``default`` is a default factory (``dict``)."""
+    meta = {"help": help, "group": group, "choices": choices, "flag": flag, "metavar": metavar,
+            "hashed": hashed, "hyperparameter": hyperparameter}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_WHAT = "what is trained"
+_OPT = "optimisation"
+_EVAL = "evaluation and logging"
+_RES = "resources"
+_IO = "input and output"
+
+
 @dataclass
 class RunConfig:
     """One fine-tuning run: backbone, task, variant, optimisation and bookkeeping."""
 
     # ---- what is trained ------------------------------------------------------------
-    model: str = "minilm"  #: model alias (minilm, smollm2-135m, ...), hub id or local folder
-    layers: int | None = None  #: keep only the first N transformer layers (None = all)
-    task: str = "sst2"  #: GLUE task: sst2, cola, mrpc, rte, stsb, qqp, mnli, qnli
-    variant: str = "lora"  #: registered variant (``lorabench variants`` lists them)
-    #: layers to adapt: list of module-name suffixes, a regex on full names, "all-linear",
-    #: or None for the architecture's default (W_q, W_v); "query,value" means a list
-    targets: list[str] | str | None = None
-    r: int | None = None  #: shortcut for options["r"]
-    alpha: float | None = None  #: shortcut for options["alpha"]
-    options: dict = field(default_factory=dict)  #: the variant's options (its Options dataclass)
-    head: str = "cls"  #: "cls": classification head; "lm": prompt + label words (decoders)
-    #: head "cls": "cls" (the model's own head), "mean" (mean of the last hidden states) or
-    #: "auto" (what the checkpoint declares: mean for sentence-transformers models like minilm)
-    pooling: str = "auto"
+    model: str = setting("minilm", "model alias (minilm, smollm2-135m), hub id or local folder", group=_WHAT)
+    layers: int | None = setting(None, "keep only the first N transformer layers (unset: all)", group=_WHAT,
+                                 metavar="N")
+    task: str = setting("sst2", "GLUE task: sst2, cola, mrpc, rte, stsb, qqp, mnli, qnli", group=_WHAT)
+    variant: str = setting("lora", "registered variant (`lorabench variants` lists them)", group=_WHAT)
+    targets: list[str] | str | None = setting(
+        None, "layers to adapt: names (query,value), a regex on full names, or all-linear (unset: the "
+              "architecture's default, W_q and W_v)", group=_WHAT)
+    r: int | None = setting(None, "rank (shortcut for the variant's option r)", group=_WHAT)
+    alpha: float | None = setting(None, "scaling alpha (shortcut for the variant's option alpha)", group=_WHAT)
+    options: dict = setting(dict, "a variant option, e.g. --opt init=pissa --opt lr_ratio=16 (repeatable)",
+                            group=_WHAT, flag="opt", metavar="KEY=VALUE")
+    head: str = setting("cls", "cls: classification head; lm: prompt + label words (decoders)", group=_WHAT,
+                        choices=HEADS)
+    pooling: str = setting("auto", "head cls reads [CLS] (cls) or the mean over tokens (mean); auto: as the "
+                                   "checkpoint declares (mean for sentence-transformers models like minilm)",
+                           group=_WHAT, choices=POOLINGS)
     # ---- optimisation ---------------------------------------------------------------
-    lr: float = 5e-4  #: peak learning rate of AdamW
-    weight_decay: float = 0.01  #: AdamW decoupled weight decay (0 for biases and norms)
-    epochs: float = 3.0  #: passes over the training set (fractions allowed)
-    batch_size: int = 32  #: examples per loader batch; effective batch = batch_size * grad_accum
-    eval_batch_size: int = 64  #: examples per evaluation batch
-    grad_accum: int = 1  #: loader batches per optimizer step
-    warmup_ratio: float = 0.06  #: fraction of steps of linear warmup (then linear decay to 0)
-    max_grad_norm: float = 1.0  #: clip the trainable parameters' gradient norm (0 = off)
-    max_length: int = 128  #: truncate inputs to this many tokens
-    train_limit: int | None = None  #: use only the first N training examples
-    eval_limit: int | None = None  #: use only the first N examples of each dev split
-    seed: int = 0  #: seeds python, numpy, torch and the data order
+    lr: float = setting(5e-4, "peak learning rate of AdamW", group=_OPT)
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay (0 for biases and norms)", group=_OPT)
+    epochs: float = setting(3.0, "passes over the training set (fractions allowed)", group=_OPT)
+    batch_size: int = setting(32, "examples per loader batch; effective batch = batch_size * grad_accum",
+                              group=_OPT)
+    eval_batch_size: int = setting(64, "examples per evaluation batch", group=_OPT, hyperparameter=False)
+    grad_accum: int = setting(1, "loader batches per optimizer step", group=_OPT)
+    warmup_ratio: float = setting(0.06, "fraction of steps of linear warmup (then linear decay to 0)", group=_OPT)
+    max_grad_norm: float = setting(1.0, "clip the trainable parameters' gradient norm (0 = off)", group=_OPT)
+    max_length: int = setting(128, "truncate inputs to this many tokens", group=_OPT, metavar="N")
+    train_limit: int | None = setting(None, "train on a seeded random subset of N training examples (unset: all)",
+                                      group=_OPT, metavar="N")
+    eval_limit: int | None = setting(None, "evaluate on a fixed random subset of N examples of each dev split "
+                                           "(unset: all)", group=_OPT, metavar="N")
+    seed: int = setting(0, "seeds python, numpy, torch and the data order", group=_OPT, hyperparameter=False)
     # ---- evaluation and logging -----------------------------------------------------
-    eval_every: int = 0  #: evaluate every N optimizer steps (0 = after every epoch)
-    log_every: int = 10  #: record the mean training loss every N optimizer steps
+    eval_every: int = setting(0, "evaluate every N optimizer steps (0 = after every epoch)", group=_EVAL,
+                              metavar="N")
+    log_every: int = setting(10, "record the mean training loss every N optimizer steps", group=_EVAL,
+                             metavar="N", hyperparameter=False)
     # ---- resources ------------------------------------------------------------------
-    memory_budget: str | int | None = None  #: GPU memory cap, e.g. "8GiB", "512MiB" or bytes
-    precision: str = "auto"  #: auto (fp32 on CPU, bf16 on CUDA if supported) | fp32 | bf16 (CUDA or CPU) | fp16 (CUDA)
-    grad_checkpointing: bool = False  #: recompute activations in backward to save memory
-    group_by_length: bool = False  #: batch examples of similar length (less padding)
-    quantize: str | None = None  #: "nf4" | "fp4": store every frozen linear layer in 4 bits (bitsandbytes)
-    #: data-parallel processes (DDP through accelerate); each takes batch_size / N of every batch,
-    #: so the global batch is the single-process run's. Hashed into the run id only when > 1
-    num_processes: int = 1
+    memory_budget: str | int | None = setting(None, "GPU memory cap, e.g. 8GiB, 512MiB or bytes", group=_RES,
+                                              hyperparameter=False)
+    precision: str = setting("auto", "autocast: auto = bf16 on CUDA if supported, fp32 on CPU; bf16 also runs "
+                                     "on CPU; fp16 needs CUDA", group=_RES, choices=PRECISIONS)
+    grad_checkpointing: bool = setting(False, "recompute activations in backward to save memory", group=_RES)
+    group_by_length: bool = setting(False, "batch examples of similar length (less padding)", group=_RES)
+    quantize: str | None = setting(None, "store every frozen linear layer in 4 bits (QLoRA, bitsandbytes)",
+                                   group=_RES, choices=QUANT_TYPES)
+    num_processes: int = setting(1, "data-parallel processes (DDP through accelerate; gloo on CPU); each takes "
+                                    "batch_size / N of every batch, so the global batch is the single-process "
+                                    "run's. In the run id only when > 1", group=_RES, metavar="N")
     # ---- input and output -----------------------------------------------------------
-    data_dir: str | None = None  #: GLUE folder (one sub-folder per task); None = the hub
-    out: str = "runs"  #: folder for the result JSON (and the adapter)
-    save_adapter: bool = False  #: also save the trained adapter next to the result
-    trust_remote_code: bool = False  #: allow a hub model's own Python code
-    quiet: bool = False  #: no progress bars
+    data_dir: str | None = setting(None, "GLUE folder (one sub-folder per task); unset: the hub", group=_IO,
+                                   hashed=False, hyperparameter=False)
+    out: str = setting("runs", "folder for the result JSON (and the adapter)", group=_IO, metavar="DIR",
+                       hashed=False, hyperparameter=False)
+    save_adapter: bool = setting(False, "also save the trained adapter next to the result", group=_IO,
+                                 hashed=False, hyperparameter=False)
+    trust_remote_code: bool = setting(False, "allow a hub model's own Python code", group=_IO, hashed=False,
+                                      hyperparameter=False)
+    quiet: bool = setting(False, "no progress bars", group=_IO, hashed=False, hyperparameter=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints()[f.name]))
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints(type(self))[f.name]))
         self.targets = _normalize_targets(self.targets)
         check(self.model.strip() != "", "model is empty; pass an alias (minilm, smollm2-135m), a hub id or a folder")
         check(self.layers is None or self.layers >= 1, f"layers must be >= 1 (or null for all), got {self.layers}")
@@ -121,8 +155,8 @@ class RunConfig:
         check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check(
-            self.quantize is None or self.quantize in QUANTIZE,
-            f"quantize must be null or one of {', '.join(QUANTIZE)}, got {self.quantize!r}",
+            self.quantize is None or self.quantize in QUANT_TYPES,
+            f"quantize must be null or one of {', '.join(QUANT_TYPES)}, got {self.quantize!r}",
         )
         self.budget_bytes()  # raises on a bad size string
         self.task = _task(self.task).name
@@ -150,10 +184,8 @@ class RunConfig:
         """The memory budget in bytes (None when unset)."""
         if self.memory_budget is None:
             return None
-        from .measure import parse_bytes
-
         try:
-            n = parse_bytes(self.memory_budget)
+            n = units.parse_bytes(self.memory_budget)
         except ValueError:
             raise ConfigError(
                 f"memory_budget {self.memory_budget!r} is not a size; write e.g. 8GiB, 512MiB or a number of bytes"
@@ -162,10 +194,19 @@ class RunConfig:
         return n
 
     def variant_options(self) -> dict[str, Any]:
-        """The variant's complete options (defaults filled in) with ``r``/``alpha`` folded in."""
-        from .adapters.base import VariantError
+        """The variant's complete options (defaults filled in) with ``r``/``alpha`` folded in.
 
-        opts = {k: _number(v) for k, v in self.options.items()}
+        Validated by the variant once per distinct (variant, options, r, alpha), then cached."""
+        key = canonical([self.variant, self.options, self.r, self.alpha])
+        cached = self.__dict__.get("_variant_options")
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
+        made = self._make_variant_options()
+        self.__dict__["_variant_options"] = (key, made)
+        return dict(made)
+
+    def _make_variant_options(self) -> dict[str, Any]:
+        opts = {k: units.parse_number(v) for k, v in self.options.items()}
         for key in ("r", "alpha"):
             value = getattr(self, key)
             if value is not None:
@@ -202,8 +243,6 @@ class RunConfig:
         return out
 
     def run_id(self) -> str:
-        from .results import run_id
-
         return run_id(self.resolved())
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,13 +250,36 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+#: Fields that change where results go or how they are shown, never what is computed:
+#: excluded from ``resolved()`` and so from the run id (a result is found again wherever
+#: the GLUE folder lives and whatever the output folder is called).
+NOT_HASHED = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hashed"])
+#: Fields that are bookkeeping, not hyperparameters: the report never groups runs by them.
+NOT_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hyperparameter"])
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string; run and sweep files are full of such learning
+    rates, so this loader reads them as floats."""
+
+
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values, with ``5e-4`` a float (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=YAMLLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run config file (a YAML mapping of RunConfig fields)."""
-    import yaml
-
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -234,16 +296,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 # ---- helpers ---------------------------------------------------------------------------
 @functools.cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(RunConfig)
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``5e-4`` as a string; read number-looking strings as numbers."""
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        text = value.strip()
-        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-    return value
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -271,7 +325,7 @@ def _as(value: Any, kind: Any) -> Any:
         return value if isinstance(value, bool) else _FAIL
     if isinstance(value, bool):
         return _FAIL  # True is an int in Python, never a number here
-    value = _number(value)
+    value = units.parse_number(value)
     if origin is int:
         if isinstance(value, int):
             return value
@@ -328,8 +382,6 @@ def _match_option_types(options_cls: type, opts: dict[str, Any]) -> dict[str, An
 
 
 def _task(name: str):
-    from .data import DataError, get_task
-
     try:
         return get_task(name)
     except DataError as e:
@@ -337,10 +389,7 @@ def _task(name: str):
 
 
 def _variant(name: str):
-    from . import adapters
-    from .adapters.base import VariantError
-
     try:
-        return adapters.get(name)
+        return registry.get(name)
     except VariantError as e:
         raise ConfigError(str(e)) from None

@@ -28,11 +28,12 @@ import hashlib
 import itertools
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .errors import ConfigError
+from .measure import combine_ranks
 
 
 # ---- where this process stands --------------------------------------------------------------
@@ -54,7 +55,7 @@ def uses_fsdp() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
-def for_this_launch(cfg: RunConfig) -> RunConfig:
+def for_this_launch(cfg: Any) -> Any:
     """``cfg`` with ``num_processes`` taken from the launcher when one started this process."""
     n = world_size()
     if n == 1 or cfg.num_processes == n:
@@ -65,13 +66,14 @@ def for_this_launch(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, num_processes=n)
 
 
-def needs_launch(cfg: RunConfig) -> bool:
+def needs_launch(cfg: Any) -> bool:
     """True when ``cfg`` asks for several processes and no launcher started this one."""
     return cfg.num_processes > 1 and world_size() == 1
 
 
 # ---- what the ranks agree on (train.fit) ------------------------------------------------------
-def make_accelerator(model: torch.nn.Module, sample: dict | None, cuda: bool):
+def make_accelerator(model: torch.nn.Module, sample: dict | None, cuda: bool,
+                     extra_loss: Callable = lambda model: 0.0):
     """accelerate's Accelerator for ``fit``: every loader batch split across the processes (the
     global batch stays ``batch_size``), and DDP told to look for unused parameters only when a
     probe step on ``sample`` finds some (the search costs a graph traversal every step)."""
@@ -83,17 +85,16 @@ def make_accelerator(model: torch.nn.Module, sample: dict | None, cuda: bool):
         device = PartialState(cpu=not cuda).device
         model.to(device)
         probe = {k: v[:2] if torch.is_tensor(v) else v for k, v in sample.items()}  # two examples are enough
-        unused = unused_parameters(model, send_to_device(probe, device))
+        unused = unused_parameters(model, send_to_device(probe, device), extra_loss)
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=bool(unused)))
     return Accelerator(cpu=not cuda, dataloader_config=DataLoaderConfiguration(split_batches=True),
                        kwargs_handlers=handlers)
 
 
-def unused_parameters(model: torch.nn.Module, batch: dict) -> list[str]:
-    """Trainable parameters that one forward/backward on ``batch`` (train mode, the variant's
-    extra loss included) leaves without a gradient. Gradients, buffers, RNG and mode are restored."""
-    from . import inject
-
+def unused_parameters(model: torch.nn.Module, batch: dict, extra_loss: Callable = lambda model: 0.0) -> list[str]:
+    """Trainable parameters that one forward/backward on ``batch`` (train mode, ``extra_loss(model)``
+    added: the variant's regulariser) leaves without a gradient. Gradients, buffers, RNG and mode
+    are restored."""
     cuda = torch.cuda.is_available()
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
     buffers = [b.detach().clone() for b in model.buffers()]
@@ -102,7 +103,7 @@ def unused_parameters(model: torch.nn.Module, batch: dict) -> list[str]:
     try:
         with warnings.catch_warnings():  # e.g. LoRA-GA's "training before prepare": this is no training
             warnings.simplefilter("ignore")
-            (model(**batch).loss + inject.extra_loss(model)).backward()
+            (model(**batch).loss + extra_loss(model)).backward()
         return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     finally:
         model.zero_grad(set_to_none=True)
@@ -126,28 +127,24 @@ def broadcast_from_main(model: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def adapter_checksum(model: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of the trained tensors: names, dtypes, shapes and bytes."""
-    from .checkpoint import adapter_tensors
-
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of named tensors (the trained adapter's): names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
-    for name, t in sorted(adapter_tensors(model).items()):
+    for name, t in sorted(tensors.items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def combine(accelerator, model: torch.nn.Module, figures: dict[str, Any],
-            checksum: bool = True) -> tuple[dict, dict, dict]:
+def combine(accelerator, trained: dict[str, torch.Tensor] | None, figures: dict[str, Any]) -> tuple[dict, dict, dict]:
     """(time, memory, distributed) of the run from every rank's ``figures`` (``measure.combine_ranks``),
-    each rank adding its adapter checksum when ``checksum`` (DDP: under FSDP a rank holds only a
-    shard, ``in_sync`` is then None). A collective: every rank must call it."""
+    each rank adding the checksum of its ``trained`` tensors (the adapter; None under FSDP, where a
+    rank holds only a shard: ``in_sync`` is then None). A collective: every rank must call it."""
+    compare = trained is not None
     from accelerate.utils import gather_object
 
-    from .measure import combine_ranks
-
     mine = {"rank": accelerator.process_index, **figures,
-            "adapter_sha256": adapter_checksum(model) if checksum else None}
+            "adapter_sha256": checksum(trained) if compare else None}
     ranks = sorted(gather_object([mine]), key=lambda r: r["rank"])
     time, memory = combine_ranks(ranks)
     sums = {r["adapter_sha256"] for r in ranks}
@@ -155,7 +152,7 @@ def combine(accelerator, model: torch.nn.Module, figures: dict[str, Any],
     info = {"num_processes": accelerator.num_processes, "backend": accelerator.state.backend,
             "distributed_type": str(accelerator.distributed_type.value),
             "find_unused_parameters": bool(handler.find_unused_parameters) if handler is not None else False,
-            "in_sync": len(sums) == 1 if checksum else None, "ranks": ranks}
+            "in_sync": len(sums) == 1 if compare else None, "ranks": ranks}
     if len(sums) > 1:
         warnings.warn(f"the trained adapter differs between ranks (checksums {sorted(sums)}); the ranks did "
                       "not stay in step: please report this with the run's config", stacklevel=2)

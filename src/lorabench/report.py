@@ -25,7 +25,6 @@ Definitions.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -36,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from . import results
+from .config import NOT_HYPERPARAMETERS
 
-NOT_HYPERPARAMETERS = ("seed", "out", "quiet", "data_dir", "save_adapter", "log_every", "eval_batch_size",
-                       "trust_remote_code", "memory_budget")
 ALWAYS_SHOWN = ("lr",)  # shown in the configuration column even when it does not vary
 REFERENCE = "lora"
 ALPHA = 0.05
@@ -533,25 +531,3 @@ def _write_html(report: Report, folder: str | Path, out: Path, figures: list[tup
     path.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>lorabench report</title>"
                     f"<style>{css}</style></head><body>{''.join(body)}</body></html>\n")
     return path
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    if not Path(args.results).is_dir():
-        from .config import ConfigError
-
-        raise ConfigError(f"results folder {args.results!r} does not exist; pass the --out folder of a sweep")
-    write_report(args.results, args.out, html=args.html, metric_from=args.metric_from, plots=not args.no_plots)
-    return 0
-
-
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="tables and plots from a results folder",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("results", help="folder with run-*.json results (searched recursively)")
-    p.add_argument("--out", default=None, help="output folder (default: <results>/report)")
-    p.add_argument("--html", action="store_true", help="also write one self-contained report.html")
-    p.add_argument("--metric-from", choices=("best", "final"), default="best",
-                   help="dev metric of a run: its best evaluation (default) or its last")
-    p.add_argument("--no-plots", action="store_true", help="tables only")
-    p.set_defaults(func=cmd_report)
-    return p

@@ -40,14 +40,19 @@ Schema (``schema_version`` 1). Keys marked * are always present.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any, Iterator
+
+from .data.glue import get_task
+from .errors import ResultWriteError
+from . import ids
+from .measure import environment
 
 SCHEMA = "lorabench-run"
 SCHEMA_VERSION = 1
@@ -57,13 +62,42 @@ KNOWN_OTHER_FILES = {"lorabench_adapter.json", "adapter_config.json", "sweep.jso
 REQUIRED_KEYS = ("schema", "schema_version", "run_id", "status", "config", "task", "variant", "model", "seed")
 
 
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+canonical = ids.canonical
+run_id = ids.run_id  # the run id of a resolved config
+TIME_KEYS = ("train_s", "eval_s", "examples_per_s", "tokens_per_s")
+MEMORY_KEYS = ("device", "peak_allocated_bytes", "peak_reserved_bytes", "peak_rss_bytes", "budget_bytes",
+               "micro_batch_size", "grad_accum_steps")
 
 
-def run_id(config: dict) -> str:
-    """Stable id of a resolved run config: the same config always gets the same id."""
-    return hashlib.sha256(canonical(config).encode()).hexdigest()[:12]
+def now() -> str:
+    """The time as results record it: ISO-8601 UTC, whole seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_result(run_id: str, config: dict, *, primary_metric: str, env: dict, started_at: str,
+               status: str = "error", error: str | None = None) -> dict[str, Any]:
+    """A result with every required field and nothing measured yet; ``config`` is the resolved
+    config (``RunConfig.resolved()``). A finished run fills in what it measured; a run whose
+    process died is recorded as it stands (``failure_result``)."""
+    empty = {"step": 0, "epoch": 0.0, "metrics": {}}
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": status, "error": error,
+        "config": config, "task": config["task"], "variant": config["variant"], "model": config["model"],
+        "seed": config["seed"], "primary_metric": primary_metric,
+        "best": empty, "final": dict(empty), "history": [], "train_loss": [],
+        "params": {"trainable": None, "total": None}, "adapter_bytes": None,
+        "time": dict.fromkeys(TIME_KEYS), "memory": dict.fromkeys(MEMORY_KEYS),
+        "env": env, "started_at": started_at, "finished_at": now(),
+    }
+
+
+def failure_result(cfg: Any, run_id: str, message: str, started_at: str) -> dict[str, Any]:
+    """The ``error`` result recorded for a run (a ``RunConfig``) whose process died without
+    writing one, by the living process that started it."""
+    import torch
+
+    return new_result(run_id, cfg.resolved(), primary_metric=get_task(cfg.task).primary_metric,
+                      env=environment(torch.device("cpu")), started_at=started_at, error=message)
 
 
 def _clean(obj: Any) -> Any:
@@ -75,11 +109,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-class ResultWriteError(OSError):
-    """A result file could not be written (read-only folder, disk full ...); the message names
-    the folder and the fix."""
 
 
 def _write_error(folder: Path, e: OSError, what: str) -> ResultWriteError:
@@ -160,6 +189,15 @@ def validate(data: Any) -> str | None:
     if data["status"] not in STATUSES:
         return f"unknown status {data['status']!r}"
     return None
+
+
+def status_of(path: Path) -> str | None:
+    """The status recorded in a result file, or None when there is no valid result."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data["status"] if validate(data) is None else None
 
 
 def load_results(folder: str | os.PathLike, warn: bool = True) -> Iterator[tuple[Path, dict]]:

@@ -10,38 +10,35 @@ by Ctrl-C (KeyboardInterrupt) writes no result, so a rerun, or a resumed sweep, 
 
 With ``num_processes > 1`` the run is launched on that many processes (``lorabench.launch``)
 unless a launcher already started this one; every rank trains, rank 0 alone writes.
+
+``main`` is the one child entry point, ``python -m lorabench.run <config.yaml> <run id>``: the
+rank processes of a data-parallel run and the run processes of a sweep both run it.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import datetime as dt
 import os
+import signal
+import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import distributed, inject, results
+from . import distributed, fourbit, inject, quant, results
 from .checkpoint import save_adapter
-from .launch import launch
-from .config import ConfigError, RunConfig
+from .config import RunConfig, load_yaml
+from .data import build_loaders, get_task
+from .data.prompts import prompt_format_fn
+from .errors import INPUT_ERRORS, ConfigError, RunFailed
+from .launch import die_with_parent, launch
 from .measure import check_memory_budget, environment
-from .train import TrainState, fit, set_seed
-
-
-class RunFailed(RuntimeError):
-    """Training started and then crashed (status "oom" or "error"); the result JSON says why."""
-
-    def __init__(self, message: str, result: dict, path: Path):
-        super().__init__(message)
-        self.result = result
-        self.path = path
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+from . import models
+from .train import TrainState, first_batches, fit, set_seed
 
 
 def _dir_bytes(path: Path) -> int:
@@ -50,16 +47,11 @@ def _dir_bytes(path: Path) -> int:
 
 def load(cfg: RunConfig):
     """Task, adapted model, tokenizer and loaders for ``cfg`` (raises on bad input)."""
-    from .data import build_loaders, get_task
-    from .models import load_model
-
     if cfg.quantize is not None:
-        from . import quant
-
-        quant.bitsandbytes()  # says how to install it, before anything is loaded
+        fourbit.bitsandbytes()  # says how to install it, before anything is loaded
     task = get_task(cfg.task)
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
-    model, tokenizer = load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
+    model, tokenizer = models.load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
                                   trust_remote_code=cfg.trust_remote_code)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits
@@ -73,8 +65,6 @@ def load(cfg: RunConfig):
         check_memory_budget(model, cfg.budget_bytes(), cfg.model)  # fail before tokenizing anything
     format_fn = None
     if cfg.head == "lm":
-        from .data.prompts import prompt_format_fn
-
         format_fn = prompt_format_fn(task)
     train_loader, dev_loaders = build_loaders(
         task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length, batch_size=cfg.batch_size,
@@ -91,9 +81,6 @@ def _prepare_then_quantize(model, train_loader, cfg: RunConfig) -> None:
     """The data-driven init on the batches ``fit`` would give it (on the GPU when there is one),
     then the frozen layers (the residual W0 - s B0 A0 for LoRA-GA) stored in 4 bits."""
     from accelerate.utils import send_to_device
-
-    from . import quant
-    from .train import first_batches
 
     batches = first_batches(train_loader)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,7 +109,7 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         results.check_writable(cfg.out)
     if distributed.needs_launch(cfg):
         return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
-    started = _now()
+    started = results.now()
     task, model, _tokenizer, train_loader, dev_loaders = load(cfg)
     trainable, total = inject.count_parameters(model)
 
@@ -144,40 +131,28 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         adapter_bytes = _dir_bytes(adapter_dir)
 
     device = torch.device(state.memory.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    time = {"train_s": 0.0, "eval_s": 0.0, "examples_per_s": 0.0, "tokens_per_s": 0.0, **state.time}
-    memory = {"device": device.type, "peak_allocated_bytes": None, "peak_reserved_bytes": None,
-              "peak_rss_bytes": None, "budget_bytes": cfg.budget_bytes(),
-              "micro_batch_size": cfg.batch_size // cfg.num_processes, "grad_accum_steps": cfg.grad_accum,
-              "oom_retries": 0, **state.memory}
-    result = {
-        "schema": results.SCHEMA,
-        "schema_version": results.SCHEMA_VERSION,
-        "run_id": rid,
-        "status": state.status,
-        "error": state.error,
-        "config": resolved,
-        "task": task.name,
-        "variant": cfg.variant,
-        "model": cfg.model,
+    result = results.new_result(rid, resolved, primary_metric=task.primary_metric, started_at=started,
+                                env={**environment(device), "precision": state.precision},
+                                status=state.status, error=state.error)
+    result.update({
         "pooling": getattr(model, "pooling", "cls"),
-        "seed": cfg.seed,
-        "primary_metric": task.primary_metric,
         "best": state.best,
         "final": state.final,
         "history": state.history,
         "train_loss": state.train_loss,
         "params": {"trainable": trainable, "total": total},
         "adapter_bytes": adapter_bytes,
-        "time": time,
-        "memory": memory,
-        "env": {**environment(device), "precision": state.precision},
+        "time": {"train_s": 0.0, "eval_s": 0.0, "examples_per_s": 0.0, "tokens_per_s": 0.0, **state.time},
+        "memory": {"device": device.type, "peak_allocated_bytes": None, "peak_reserved_bytes": None,
+                   "peak_rss_bytes": None, "budget_bytes": cfg.budget_bytes(),
+                   "micro_batch_size": cfg.batch_size // cfg.num_processes, "grad_accum_steps": cfg.grad_accum,
+                   "oom_retries": 0, **state.memory},
         "distributed": state.distributed,
         "steps": {"done": state.step, "total": state.total_steps, "per_epoch": state.steps_per_epoch},
         "targets": inject.state_of(model).targets,
         "paths": {"out": str(cfg.out), "data_dir": cfg.data_dir, "cwd": os.getcwd()},
-        "started_at": started,
-        "finished_at": _now(),
-    }
+        "finished_at": results.now(),
+    })
     if main:
         results.write_json_atomic(path, result)
     if error is not None:
@@ -185,3 +160,52 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if state.status == "diverged":
         warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
     return result
+
+
+# ---- the child entry point ----------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lorabench.run <config.yaml> <run id> [--parent PID] [--report FILE]``: one run
+    process. Exit codes as ``lorabench train`` (0 ok, 1 failed, 2 bad input, 3 diverged, 130 Ctrl-C).
+
+    A sweep's run process (``--parent``: the sweep's pid) dies with the sweep, leaves Ctrl-C to it
+    and prints the traceback of a failure into its log. A rank process of a data-parallel run
+    takes Ctrl-C from its launcher; ``--report`` writes ``{"code", "error"}`` for the launcher to
+    report once for all ranks."""
+    p = argparse.ArgumentParser(prog="python -m lorabench.run")
+    p.add_argument("config")
+    p.add_argument("run_id")
+    p.add_argument("--parent", type=int, default=None)
+    p.add_argument("--report", default=None)
+    args = p.parse_args(argv)
+    if args.parent is not None:
+        die_with_parent(signal.SIGKILL, args.parent)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    else:  # Ctrl-C handed on by the launcher, even when the process that started it ignores SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    code, error = 0, None
+    try:
+        cfg = RunConfig.from_dict(load_yaml(args.config))
+        rid = results.run_id(distributed.for_this_launch(cfg).resolved())
+        if rid != args.run_id:
+            raise ConfigError(f"{args.config} resolves to run id {rid}, the caller planned {args.run_id}; "
+                              "the config does not round-trip through RunConfig.from_dict")
+        models.quiet_transformers()
+        code = 0 if execute(cfg, progress=not cfg.quiet)["status"] == "ok" else 3
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:
+        code = 2 if isinstance(e, INPUT_ERRORS) else 1
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        error = text if code == 2 else f"{type(e).__name__}: {text}"
+        if args.parent is not None:  # into the sweep's log for this run
+            traceback.print_exc()
+            print(f"error: {error}", file=sys.stderr)
+        if isinstance(e, RunFailed):
+            error = None  # its result says why
+    if args.report is not None:
+        results.write_json_atomic(args.report, {"code": code, "error": error})
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

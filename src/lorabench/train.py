@@ -153,7 +153,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(state.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=state.precision == "fp16")
     first = first_batches(train_loader)  # for prepare (and the DDP probe)
-    accelerator = distributed.make_accelerator(model, first[0] if first else None, cuda)
+    accelerator = distributed.make_accelerator(model, first[0] if first else None, cuda, inject.extra_loss)
     budget = cfg.budget_bytes()
     check_memory_budget(model, budget, cfg.model)
     if cfg.grad_checkpointing:
@@ -285,7 +285,8 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         mine = {"loop_s": train_clock.total, "prepare_s": prep_clock.total, "eval_s": eval_clock.total,
                 "examples": seen.examples, "tokens": seen.tokens, **peak_memory(device)}
         ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-        time, memory, state.distributed = distributed.combine(accelerator, core, mine, checksum=ddp)
+        trained = inject.adapter_tensors(core) if ddp else None
+        time, memory, state.distributed = distributed.combine(accelerator, trained, mine)
         state.time.update(time)
         state.memory.update(memory)
     return state.summary()

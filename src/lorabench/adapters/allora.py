@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import register
+from .registry import register
 from .base import check
 from .lora import INITS, LoRA
 from .rules import row_coefficients  # the coefficient of the ``allora`` rule

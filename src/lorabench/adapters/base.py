@@ -15,21 +15,30 @@ The defaults of ``Variant`` give plain additive low-rank behaviour,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import fourbit
+from ..errors import VariantError, check  # noqa: F401  (check: for the variant files)
+from .registry import with_option
+from .rules.rule import get_rule
 
-class VariantError(ValueError):
-    """Bad variant name, option or combination. The message names the fix."""
 
-
-def check(condition: bool, message: str) -> None:
-    """Raise VariantError(message) unless condition holds (for Options.__post_init__)."""
-    if not condition:
-        raise VariantError(message)
+def check_foreign_optimizer(variant_cls: type, name: Any) -> None:
+    """``optimizer=name`` given to a variant whose options have no rule: fine for the default
+    (``adamw``: the variant's own groups), a VariantError naming the fix otherwise."""
+    get_rule(name)
+    if name == "adamw":
+        return
+    why = ("has no low-rank factors A, B" if not variant_cls.has_lora_factors
+           else "has its optimisation rule built in")
+    raise VariantError(
+        f"optimizer={name!r} needs a LoRA-family variant with an 'optimizer' option; variant {variant_cls.name!r} "
+        f"{why}. Use one of: {', '.join(with_option('optimizer'))} (e.g. variant='lora', optimizer={name!r})"
+    )
 
 
 class Variant(nn.Module):
@@ -78,8 +87,6 @@ class Variant(nn.Module):
     @classmethod
     def make_options(cls, **options: Any) -> Any:
         """Build and validate ``Options``; an unknown key names the valid ones."""
-        from .rules import check_foreign_optimizer, get_rule
-
         fields = {f.name: f for f in dataclasses.fields(cls.Options)}
         if "optimizer" in options and "optimizer" not in fields:  # a variant without rules: adamw only
             check_foreign_optimizer(cls, options.pop("optimizer"))
@@ -90,7 +97,10 @@ class Variant(nn.Module):
                 f"its options are: {', '.join(fields) or '(none)'}"
             )
         opts = cls.Options(**options)
-        get_rule(getattr(opts, "optimizer", "adamw")).check(cls, opts)  # e.g. lora_fa with A = 0
+        rule = get_rule(getattr(opts, "optimizer", "adamw"))
+        if rule.needs and not cls.has_lora_factors:
+            check_foreign_optimizer(cls, rule.name)
+        rule.check(cls, opts)  # e.g. lora_fa with A = 0
         return opts
 
     @classmethod
@@ -179,8 +189,6 @@ class Variant(nn.Module):
         """The optimisation rule of this layer (``optimizer=`` option; ``adamw`` without one)."""
         rule = self.__dict__.get("_rule")
         if rule is None:
-            from .rules import get_rule
-
             rule = self.__dict__["_rule"] = get_rule(getattr(self.opts, "optimizer", "adamw"))(self.opts)
         return rule
 
@@ -255,18 +263,14 @@ class AdaptedLinear(nn.Module):
     @property
     def quantized(self) -> bool:
         """True when the base weight is stored in 4 bits (``lorabench.quant``)."""
-        from .. import quant
-
-        return quant.is_quantized(self.base_layer)
+        return fourbit.is_quantized(self.base_layer)
 
     @property
     def weight(self) -> torch.Tensor:
         """The base weight in (out, in) orientation (a view, not a copy; for a 4-bit base,
         a dequantized copy)."""
         if self.quantized:
-            from .. import quant
-
-            return quant.dequantize(self.base_layer)
+            return fourbit.dequantize(self.base_layer)
         w = self.base_layer.weight
         return w.t() if self.transposed else w
 
@@ -293,6 +297,13 @@ class AdaptedLinear(nn.Module):
         w = self.base_layer.weight
         w.copy_(weight.t() if self.transposed else weight)
 
+    @torch.no_grad()
+    def subtract_base_offset(self) -> None:
+        """W <- W - ``adapter.base_offset()`` (PiSSA / OLoRA keep only the residual frozen)."""
+        offset = self.adapter.base_offset()
+        if offset is not None:
+            self.set_weight(self.weight.float() - offset.float())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
             return self.base_layer(x)
@@ -306,10 +317,8 @@ class AdaptedLinear(nn.Module):
             if self.quantized:
                 # 4 bits cannot hold W + dW (re-quantizing would round most of dW away), so a
                 # full-precision copy stands in until unmerge puts the 4-bit layer back.
-                from .. import quant
-
                 self.__dict__["_quantized_base"] = self.base_layer
-                self.base_layer = quant.dense_linear(self.base_layer, merged.to(w.dtype))
+                self.base_layer = fourbit.dense_linear(self.base_layer, merged.to(w.dtype))
             else:
                 self.set_weight(merged)
             self.merged = True
@@ -328,3 +337,10 @@ class AdaptedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"merged={self.merged}"
+
+
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
+    """Every ``(name, AdaptedLinear)`` of ``model``, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, AdaptedLinear):
+            yield name, module

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import register
+from .registry import register
 from .base import check
 from .lora import RESIDUAL_INITS, LoRAOptions
 from .nested_rank import NestedRankLoRA

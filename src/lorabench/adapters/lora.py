@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import registry
+from .registry import register
 from .base import Variant, VariantError, check
-from .rules import RuleOptions, get_rule
+from .rules.rule import RuleOptions, get_rule
 
 #: name -> fn(variant, W (out, in) fp32). The fn sets lora_A / lora_B in place and may set
 #: ``variant.lora_A0 / lora_B0`` (the init factors) when W keeps only a residual.
@@ -73,9 +74,7 @@ def describe_init(name: str) -> str:
     fn = INITS[name]
     if (fn.__doc__ or "").strip():
         return fn.__doc__.strip().splitlines()[0]
-    from . import get, names
-
-    same_file = [get(n) for n in names() if get(n).__module__ == fn.__module__]
+    same_file = [registry.get(n) for n in registry.names() if registry.get(n).__module__ == fn.__module__]
     return same_file[0].description if same_file else ""
 
 

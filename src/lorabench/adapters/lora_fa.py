@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
+from .registry import register
 from .lora import LoRA, LoRAOptions
 from .rules import ZERO_A_INITS  # noqa: F401  (inits that LoRA-FA refuses: A = 0)
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import register
-from .base import VariantError, check
+from .registry import register
+from ..fourbit import is_quantized
+from .base import VariantError, adapted_layers, check
 from .lora import RESIDUAL_INITS, LoRA, LoRAOptions
 
 DIRECTIONS = ("ArB2r", "A2rBr")
@@ -112,7 +113,7 @@ class LoRAGA(LoRA):
             layer.adapter.lora_A0.zero_()
             layer.adapter.lora_B0.zero_()
             layer.adapter.lora_B.data.zero_()  # so the model is exactly the base model
-        grads = _weight_gradients(model, layers, batches)
+        grads = weight_gradients(model, layers, batches)
         for layer, G in zip(layers, grads):
             layer.adapter.init_from_gradient(G)
             layer.set_weight(layer.weight.float() - layer.adapter.base_offset())
@@ -131,9 +132,6 @@ class LoRAGA(LoRA):
 def gradient_layers(model, method: str) -> list:
     """The adapted layers of ``model``, checked to hold full-precision base weights: a
     gradient-based init needs dL/dW0, which a 4-bit base layer does not have."""
-    from ..inject import adapted_layers
-    from ..quant import is_quantized
-
     layers = [layer for _, layer in adapted_layers(model)]
     if any(is_quantized(layer.base_layer) for layer in layers):
         raise VariantError(
@@ -144,7 +142,7 @@ def gradient_layers(model, method: str) -> list:
     return layers
 
 
-def _weight_gradients(model, layers, batches) -> list[torch.Tensor]:
+def weight_gradients(model, layers, batches) -> list[torch.Tensor]:
     """dL/dW (out, in) of each layer's base weight, averaged over ``batches``; every
     parameter's requires_grad and the model's train/eval mode are restored afterwards."""
     params = list(model.parameters())

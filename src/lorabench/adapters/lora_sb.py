@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import register
+from .registry import register
 from .base import VariantError, check
-from .lora_ga import _weight_gradients, gradient_layers
+from .lora_ga import weight_gradients, gradient_layers
 from .lora_xs import LoRAXS
 
 UPDATES = ("adam", "sgd")
@@ -111,7 +111,7 @@ class LoRASB(LoRAXS):
         layers = gradient_layers(model, "LoRA-SB")
         for layer in layers:  # R = 0: the gradient is the base model's (prepare may run twice)
             layer.adapter.R.data.zero_()
-        for layer, G in zip(layers, _weight_gradients(model, layers, batches)):
+        for layer, G in zip(layers, weight_gradients(model, layers, batches)):
             layer.adapter.init_from_gradient(G)
 
     # ---- compute: LoRA-XS's delta, delta_weight, parameter count and PEFT export (s B R A) -----

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import register
+from .registry import register
 from .base import VariantError, check
 from .lora import RESIDUAL_INITS, LoRAOptions
-from .nested_rank import NestedRankLoRA
+from .nested_rank import NestedRankLoRA, power_of_two_ranks
 
 #: Rules that read one scalar scale s (``adapter.scale``); P gives every component its own.
 _SCALAR_SCALE_RULES = ("lora_pro", "altlora")
-
-
-def power_of_two_ranks(r: int) -> tuple[int, ...]:
-    """1, 2, 4, ... below r, then r itself: the official rank set (``1,2,4,...`` cut at r)."""
-    return tuple(2**i for i in range(r.bit_length()) if 2**i < r) + (r,)
 
 
 def _rank_tuple(value) -> tuple[int, ...] | None:
@@ -140,36 +133,3 @@ class MatryoshkaLoRA(NestedRankLoRA):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eval_rank={int(self.eval_rank)}"
-
-
-def evaluate_ranks(model: nn.Module, evaluate: Callable[[nn.Module], float], ranks=None) -> dict[int, float]:
-    """``{rank: evaluate(model)}`` with the adapter set to each rank (``lorabench.set_rank``).
-
-    Works for every rank-flexible variant (matryoshka_lora, dylora). ``ranks`` defaults to
-    1, 2, 4, ... up to the adapters' max rank r (and r). ``evaluate`` runs in eval mode; the
-    model's mode and every layer's rank are restored afterwards. Feed the result to
-    ``lorabench.metrics.aurac(list(d), list(d.values()))``.
-    """
-    from ..inject import adapted_layers, set_rank
-
-    layers = [layer for _, layer in adapted_layers(model)]
-    if any(layer.merged for layer in layers):
-        raise VariantError("evaluate_ranks needs an unmerged adapter (a merged one has a fixed rank); "
-                           "call lorabench.unmerge(model) first")
-    if not layers or not all(hasattr(layer.adapter, "set_rank") for layer in layers):
-        set_rank(model, 1)  # raises the "fixed rank" error before anything changes
-    max_rank = min(layer.adapter.opts.r for layer in layers)
-    ranks = power_of_two_ranks(max_rank) if ranks is None else tuple(ranks)
-    previous = [int(layer.adapter.eval_rank) for layer in layers]
-    was_training = model.training
-    model.eval()
-    scores: dict[int, float] = {}
-    try:
-        for b in ranks:
-            set_rank(model, b)
-            scores[int(b)] = float(evaluate(model))
-    finally:
-        for layer, b in zip(layers, previous):
-            layer.adapter.set_rank(b)
-        model.train(was_training)
-    return scores

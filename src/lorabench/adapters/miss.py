@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import Variant, VariantError, check
 
 MODES = ("balance", "bat", "mini")

@@ -53,3 +53,8 @@ class NestedRankLoRA(LoRA):
         b = self.merged_rank if self.merged_rank is not None else int(self.eval_rank)
         self.merged_rank = None
         return merged - self.delta_at(b).to(merged.dtype)
+
+
+def power_of_two_ranks(r: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below r, then r itself: the official rank set (``1,2,4,...`` cut at r)."""
+    return tuple(2**i for i in range(r.bit_length()) if 2**i < r) + (r,)

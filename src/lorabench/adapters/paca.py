@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import Variant, VariantError, check
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import register
+from .registry import register
 from .lora import LoRA, LoRAOptions, register_init
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import register
+from .registry import register
 from .base import check
 from .lora import RESIDUAL_INITS, LoRA, LoRAOptions
 

@@ -17,13 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataError
+
 HUB_DATASET = "nyu-mll/glue"
 ENV_DIR = "LORABENCH_GLUE_DIR"
 FIX_DIR = f"pass --data-dir (or set {ENV_DIR}) to a GLUE folder"
-
-
-class DataError(ValueError):
-    """Missing, malformed or unknown data. The message names the problem and the fix."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,8 @@ class TaskSpec:
     file_labels: tuple[str, ...] = ("0", "1")  # label text in the TSV for index 0, 1, ...
     score_range: tuple[float, float] | None = None  # regression targets must lie here
     hub_config: str = ""
+    #: (train, first dev split) example counts of the GLUE release: the sweep's time estimate
+    sizes: tuple[int, int] = (10000, 1000)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -101,30 +101,37 @@ def _task(name, display, text_fields, labels, metrics, primary, **kw) -> TaskSpe
 # accuracy keeps our tables comparable with theirs; F1 and macro-F1 are reported alongside.
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     _task("sst2", "SST-2", ("sentence",), ("negative", "positive"), _CLS, "accuracy",
-          columns=Columns(("sentence",), "label")),
+          columns=Columns(("sentence",), "label"), sizes=(67349, 872)),
     _task("mrpc", "MRPC", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), _BIN, "accuracy",
-          columns=Columns(("#1 String", "#2 String"), "Quality")),
+          columns=Columns(("#1 String", "#2 String"), "Quality"), sizes=(3668, 408)),
     _task("cola", "CoLA", ("sentence",), ("unacceptable", "acceptable"), ("mcc", "accuracy", "f1_macro"), "mcc",
-          columns=Columns((3,), 1, header=False, width=4), test_columns=Columns(("sentence",), None)),
-    _task("rte", "RTE", ("sentence1", "sentence2"), _NLI2, _CLS, "accuracy", file_labels=_NLI2),
+          columns=Columns((3,), 1, header=False, width=4), test_columns=Columns(("sentence",), None), sizes=(8551, 1043)),
+    _task("rte", "RTE", ("sentence1", "sentence2"), _NLI2, _CLS, "accuracy", file_labels=_NLI2, sizes=(2490, 277)),
     _task("stsb", "STS-B", ("sentence1", "sentence2"), (), ("pearson", "spearman"), "pearson",
-          columns=Columns(("sentence1", "sentence2"), "score"), file_labels=(), score_range=(0.0, 5.0)),
+          columns=Columns(("sentence1", "sentence2"), "score"), file_labels=(), score_range=(0.0, 5.0), sizes=(5749, 1500)),
     _task("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"), _BIN, "accuracy",
-          columns=Columns(("question1", "question2"), "is_duplicate")),
+          columns=Columns(("question1", "question2"), "is_duplicate"), sizes=(363846, 40430)),
     _task("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), _CLS, "accuracy",
           columns=Columns(("sentence1", "sentence2"), "gold_label"),
           file_labels=("entailment", "neutral", "contradiction"),
           dev_splits=("validation_matched", "validation_mismatched"),
           files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
                  "validation_mismatched": "dev_mismatched.tsv", "test_matched": "test_matched.tsv",
-                 "test_mismatched": "test_mismatched.tsv"}),
+                 "test_mismatched": "test_mismatched.tsv"}, sizes=(392702, 9815)),
     _task("qnli", "QNLI", ("question", "sentence"), _NLI2, _CLS, "accuracy",
-          columns=Columns(("question", "sentence"), "label"), file_labels=_NLI2),
+          columns=Columns(("question", "sentence"), "label"), file_labels=_NLI2, sizes=(104743, 5463)),
 )}
 
 
 def _norm(name: str) -> str:
     return "".join(c for c in str(name).lower() if c not in "-_ ")
+
+
+def task_key(name: object) -> str:
+    """The task's canonical name (``"SST-2"`` -> ``"sst2"``); an unknown name normalised the same way
+    (``RunConfig`` reports it, with the task list)."""
+    spec = TASKS.get(_norm(str(name)))
+    return spec.name if spec is not None else _norm(str(name))
 
 
 def get_task(task: str | TaskSpec) -> TaskSpec:

@@ -22,11 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .glue import DataError
-
-
-class PromptError(DataError):
-    """No prompt for this task, or the task's labels disagree with the label words."""
+from ..errors import PromptError
 
 
 @dataclass(frozen=True)

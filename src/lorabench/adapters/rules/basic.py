@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import check
-from . import Rule, register_rule
+from ...errors import check
+from .rule import Rule, register_rule
 
 #: Inits that leave A = 0: with A frozen (LoRA-FA) the update s B A would stay 0 for ever.
 ZERO_A_INITS = {"swapped"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import check
-from . import Rule, register_rule
+from ...errors import check
+from .rule import Rule, register_rule
 
 
 def _gram(M: torch.Tensor, ridge: float, rows: bool) -> torch.Tensor:

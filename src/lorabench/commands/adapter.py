@@ -15,24 +15,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import load_adapter, read_adapter_config, read_adapter_tensors
+from ..choices import HEADS
+from .. import models
+from ..units import format_bytes
 
-def add_adapter_parser(subparsers: Any) -> argparse.ArgumentParser:
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("adapter", help="show a saved adapter; with --model, check that it loads onto it",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("directory", help="adapter folder (lorabench_adapter.json + .safetensors)")
     p.add_argument("--model", default=None, help="base model to load it onto: alias, hub id or folder")
     p.add_argument("--layers", type=int, default=None, help="keep only the first N layers (as in training)")
     p.add_argument("--task", default="sst2", help="GLUE task of the head it was trained with [sst2]")
-    p.add_argument("--head", choices=("cls", "lm"), default="cls", help="head it was trained with [cls]")
+    p.add_argument("--head", choices=HEADS, default="cls", help="head it was trained with [cls]")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own Python code")
     p.set_defaults(func=cmd_adapter)
     return p
 
 
 def cmd_adapter(args: argparse.Namespace) -> int:
-    from .checkpoint import load_adapter, read_adapter_config, read_adapter_tensors
-    from .measure import format_bytes
-
     directory = Path(args.directory)
     config = read_adapter_config(directory)
     tensors = read_adapter_tensors(directory)
@@ -45,14 +47,11 @@ def cmd_adapter(args: argparse.Namespace) -> int:
           f"lorabench {config.get('lorabench_version')}")
     if args.model is None:
         return 0
-    from .cli import _quiet_transformers
-    from .models import load_model
-
     if not args.debug:
-        _quiet_transformers()  # no loading report: the one line below (or the error) says what matters
+        models.quiet_transformers()  # no loading report: the one line below (or the error) says what matters
     # The pooling it was trained with ("lm" heads and adapters saved before pooling existed: "cls").
     pooling = "mean" if config.get("pooling") == "mean" else "cls"
-    model, _ = load_model(args.model, args.task, head=args.head, layers=args.layers, pooling=pooling,
+    model, _ = models.load_model(args.model, args.task, head=args.head, layers=args.layers, pooling=pooling,
                           trust_remote_code=args.trust_remote_code)
     load_adapter(model, directory)
     print(f"  loads onto {args.model} ({args.task}, head {args.head}): ok")

@@ -4,7 +4,7 @@
     ray start --head                                   # once per cluster (or no --address: a local Ray)
     lorabench sweep configs/peft-methods.yaml --backend ray --address auto
 
-The worker runs a task exactly as the local backend runs a run (``sweep.run_one``: a fresh
+The worker runs a task exactly as the local backend runs a run (``local.run_one``: a fresh
 subprocess, the result JSON written atomically into the shared out folder, an ``error`` result
 when the process dies without one). The driver (this process) plans, skips the runs whose result
 exists (``--retry-failed`` reruns those not ok), holds the out folder's lock, writes
@@ -19,61 +19,20 @@ retried by Ray: a run whose worker dies is recorded as an ``error`` like a kille
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import results
-from .config import RunConfig
-from .sweep import (
-    PlannedRun,
-    Sweep,
-    SweepError,
-    _lock,
-    _now,
-    _stamp,
-    failure_result,
-    result_status,
-    run_one,
-    run_sweep,
-    write_manifest,
-)
+from .. import results
+from ..config import RunConfig
+from ..data.glue import resolve_source
+from ..errors import DataError, SweepError
+from .local import lock_folder, pending, run_one, start, write_manifest
+from .plan import PlannedRun, Sweep
 
 NEEDS_RAY = "the ray backend needs Ray: pip install 'lorabench[ray]'"
-
-
-def add_backend_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("backend")
-    g.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local: one run after another on this machine; ray: one Ray task per run [local]")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster to join (auto = the one `ray start` made here) [a new local Ray]")
-    g.add_argument("--cpus-per-run", type=_positive_int, default=1, help="CPUs each Ray task asks for [1]")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer like 4, got {text!r}")
-    return n
-
-
-def backend_runner(args: argparse.Namespace) -> Callable[..., dict[str, str | None]]:
-    """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs)."""
-    backend = getattr(args, "backend", "local")
-    if backend != "ray":
-        if getattr(args, "address", None) is not None:
-            raise SweepError("--address only applies to --backend ray; add --backend ray or drop --address")
-        return run_sweep
-    import_ray()
-    return functools.partial(run_sweep_ray, address=args.address, cpus_per_run=args.cpus_per_run)
 
 
 def import_ray():
@@ -101,8 +60,6 @@ def portable_config(run: PlannedRun, out: Path) -> dict[str, Any]:
     """The run's config with absolute paths: a worker's working directory is not ours.
 
     ``out`` and ``data_dir`` are not hashed into the run id, so the id stays the same."""
-    from .data import DataError, resolve_source
-
     cfg = run.config
     data_dir = cfg.data_dir
     if data_dir is None:  # the lookup (env var, ./glue_data, ...) happens here, where it was meant
@@ -138,10 +95,10 @@ def run_sweep_ray(sweep: Sweep, *, address: str | None = None, cpus_per_run: int
     ray = import_ray()
     out = Path(sweep.out).expanduser().resolve()
     # join the cluster first: a wrong --address leaves no out folder behind
-    started_ray = connect(ray, address) if _todo(sweep, out, retry_failed) else False
+    started_ray = connect(ray, address) if pending(sweep, out, retry_failed)[1] else False
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = _lock(out)
+        lock = lock_folder(out)
         try:
             return _run_tasks(ray, sweep, out, cpus_per_run, retry_failed, quiet)
         finally:
@@ -152,33 +109,23 @@ def run_sweep_ray(sweep: Sweep, *, address: str | None = None, cpus_per_run: int
             ray.shutdown()
 
 
-def _todo(sweep: Sweep, out: Path, retry_failed: bool) -> list[PlannedRun]:
-    """The runs without a result (``retry_failed``: without an ok one), as the local backend picks them."""
-    statuses = {r.run_id: result_status(results.result_path(out, r.run_id)) for r in sweep.runs}
-    return [r for r in sweep.runs if statuses[r.run_id] is None or (retry_failed and statuses[r.run_id] != "ok")]
-
-
 def _run_tasks(ray, sweep: Sweep, out: Path, cpus_per_run: int, retry_failed: bool,
                quiet: bool) -> dict[str, str | None]:
-    for tmp in out.glob(".*.json.*.tmp"):  # left by a process killed mid-write (we hold the lock)
-        tmp.unlink(missing_ok=True)
-    statuses = {r.run_id: result_status(results.result_path(out, r.run_id)) for r in sweep.runs}
-    todo = _todo(sweep, out, retry_failed)
-    write_manifest(sweep, statuses)
+    statuses, todo = start(sweep, out, retry_failed)
     total, done = len(sweep.runs), len(sweep.runs) - len(todo)
     if not quiet:
         print(f"[{done}/{total}] {done} done, {len(todo)} to run as Ray tasks", flush=True)
     if todo:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(run_task).options(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=0)
-        pending = {}
+        pending_refs = {}
         for run in todo:
             ref = task.remote(portable_config(run, out), run.run_id, str(out))
-            pending[ref] = (run, _now(), _stamp(results.result_path(out, run.run_id)))
+            pending_refs[ref] = (run, results.now(), results.file_stamp(results.result_path(out, run.run_id)))
         try:
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                run, started, before = pending.pop(ref)
+            while pending_refs:
+                [ref], _ = ray.wait(list(pending_refs), num_returns=1)
+                run, started, before = pending_refs.pop(ref)
                 try:
                     status, log = ray.get(ref)
                 except ray.exceptions.RayError as e:  # failed outside the run (worker lost): record it here
@@ -191,7 +138,7 @@ def _run_tasks(ray, sweep: Sweep, out: Path, cpus_per_run: int, retry_failed: bo
                 elif not quiet:
                     print(line, flush=True)
         finally:
-            for ref in pending:  # Ctrl-C or an error here: stop the tasks still out there
+            for ref in pending_refs:  # Ctrl-C or an error here: stop the tasks still out there
                 ray.cancel(ref, force=True)
     write_manifest(sweep, statuses)
     return statuses
@@ -200,11 +147,11 @@ def _run_tasks(ray, sweep: Sweep, out: Path, cpus_per_run: int, retry_failed: bo
 def _record_lost_task(run: PlannedRun, out: Path, error: Exception, started: str, before) -> str:
     """A task that failed outside the run (worker or node lost, lorabench missing there): an ``error`` result."""
     path = results.result_path(out, run.run_id)
-    status = result_status(path) if _stamp(path) != before else None
+    status = results.status_of(path) if results.file_stamp(path) != before else None
     if status is not None:  # the run finished and its worker died afterwards
         return status
     cause = getattr(error, "cause", None) or error  # RayTaskError wraps the worker's exception
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    results.write_json_atomic(path, failure_result(
-        run, f"Ray task failed without writing a result: {type(cause).__name__}: {first}", started))
+    results.write_json_atomic(path, results.failure_result(
+        run.config, run.run_id, f"Ray task failed without writing a result: {type(cause).__name__}: {first}", started))
     return "error"

@@ -1,0 +1,9 @@
+"""The enumerations every layer shares: one tuple each, read by the config, the flags, the
+models and the 4-bit code alike."""
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEADS = ("cls", "lm")
+POOLINGS = ("auto", "cls", "mean")
+QUANT_TYPES = ("nf4", "fp4")
+BACKENDS = ("local", "ray")
+METRIC_FROM = ("best", "final")

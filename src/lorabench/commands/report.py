@@ -1,0 +1,34 @@
+"""``lorabench report DIR``: tables and plots from a results folder (``lorabench.report``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..choices import METRIC_FROM
+from ..errors import ConfigError
+from ..report import __doc__ as _report_doc
+from ..report import write_report
+
+REPORT_DOC = (_report_doc or "").split("\n\n")[0]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if not Path(args.results).is_dir():
+        raise ConfigError(f"results folder {args.results!r} does not exist; pass the --out folder of a sweep")
+    write_report(args.results, args.out, html=args.html, metric_from=args.metric_from, plots=not args.no_plots)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("report", help="tables and plots from a results folder",
+                              description=REPORT_DOC)
+    p.add_argument("results", help="folder with run-*.json results (searched recursively)")
+    p.add_argument("--out", default=None, help="output folder (default: <results>/report)")
+    p.add_argument("--html", action="store_true", help="also write one self-contained report.html")
+    p.add_argument("--metric-from", choices=METRIC_FROM, default="best",
+                   help="dev metric of a run: its best evaluation (default) or its last")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
+    return p

@@ -1,0 +1,122 @@
+"""``lorabench sweep FILE`` (a grid of runs from a YAML file, resumable) and ``lorabench bench``
+(the quick preset, then its report). The override flags are generated from ``RunConfig``: every
+field but the sweep's own axes is a flag that applies to every run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..choices import BACKENDS
+from ..config import RunConfig
+from ..errors import SweepError
+from ..report import best_table_markdown, write_report
+from ..sweep import ray as ray_backend
+from ..sweep.estimate import print_plan
+from ..sweep.local import run_sweep
+from ..sweep.plan import Sweep, load_sweep
+from ..sweep.plan import __doc__ as plan_doc
+from ..units import format_seconds
+from .args import add_config_flags, ints, names, positive_int
+
+#: RunConfig fields that are no override flag: the sweep's axes (``--seeds``; ``--tasks`` and
+#: ``--variants`` select blocks of the file), the variant options (grids in the file), and
+#: ``quiet`` (run processes are always quiet; ``--quiet`` here silences the sweep).
+NOT_OVERRIDES = ("seed", "task", "variant", "options", "quiet")
+
+
+def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig) -> None:
+    add_config_flags(p, config_cls, exclude=NOT_OVERRIDES, show_defaults=False, default=None)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--seeds", type=ints, default=None, help="comma-separated seeds for every run, e.g. 0,1,2")
+    g.add_argument("--variants", type=names, default=None, help="run only these variant blocks (comma-separated)")
+    g.add_argument("--tasks", type=names, default=None, help="run only these tasks (comma-separated)")
+    g.add_argument("--retry-failed", action="store_true", help="rerun runs whose status is not ok")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="local: one run after another on this machine; ray: one Ray task per run [local]")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto = the one `ray start` made here) [a new local Ray]")
+    g.add_argument("--cpus-per-run", type=positive_int, default=1, help="CPUs each Ray task asks for [1]")
+
+
+def backend_runner(args: argparse.Namespace) -> Callable[..., dict[str, str | None]]:
+    """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs)."""
+    backend = getattr(args, "backend", "local")
+    if backend != "ray":
+        if getattr(args, "address", None) is not None:
+            raise SweepError("--address only applies to --backend ray; add --backend ray or drop --address")
+        return run_sweep
+    ray_backend.import_ray()
+    return functools.partial(ray_backend.run_sweep_ray, address=args.address, cpus_per_run=args.cpus_per_run)
+
+
+def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = RunConfig) -> Sweep:
+    """The sweep file (or preset) expanded with the override flags given applied to every run."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+                 if f.name not in NOT_OVERRIDES and getattr(args, f.name, None) is not None}
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    return load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
+
+
+def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    try:
+        statuses = backend_runner(args)(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; rerun the same command to resume ({sweep.out})", file=sys.stderr)
+        return 130
+    counts: dict[str, int] = {}
+    for s in statuses.values():
+        counts[s or "missing"] = counts.get(s or "missing", 0) + 1
+    print(f"sweep {sweep.name}: {len(statuses)} runs, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f" ({format_seconds(time.perf_counter() - t0)}); results in {sweep.out}")
+    if not args.quiet:
+        print(best_table_markdown(sweep.out))
+    return 0 if counts.get("ok", 0) == len(statuses) else 1
+
+
+def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
+    sweep = sweep or sweep_from_args(args, args.config)
+    for note in sweep.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        print_plan(sweep)
+        return 0
+    return run_and_summarise(sweep, args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The quick preset, then the full report (with HTML) into <out>/report."""
+    sweep = sweep_from_args(args, "quick")
+    rc = cmd_sweep(args, sweep)
+    if not args.dry_run and rc in (0, 1):
+        write_report(sweep.out, Path(sweep.out) / "report", html=True, echo=False)
+        print(f"report: {Path(sweep.out) / 'report'}")
+    return rc
+
+
+def add_sweep_parser(subparsers: Any, config_cls: type = RunConfig) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="run a grid of runs from a YAML file (resumable)",
+                              description=(plan_doc or "").split("\n\n")[0])
+    p.add_argument("config", help="sweep YAML file, or a preset name: quick, better-call-lora, lora-roberta-glue, "
+                                  "rank-ablation, peft-methods")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded runs and a time estimate, run nothing")
+    add_override_flags(p, config_cls)
+    p.set_defaults(func=cmd_sweep)
+    return p
+
+
+def add_bench_parser(subparsers: Any, config_cls: type = RunConfig) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="run the quick preset (MiniLM on SST-2, 8 methods) and report")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded runs and a time estimate, run nothing")
+    add_override_flags(p, config_cls)
+    p.set_defaults(func=cmd_bench)
+    return p

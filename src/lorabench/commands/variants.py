@@ -1,0 +1,54 @@
+"""``lorabench variants``: every variant (structure), initialisation and optimisation rule, with
+their options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from .. import adapters
+from ..adapters.lora import INITS, describe_init
+from ..adapters.rules import RULES, RuleOptions
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("variants", help="list the variants and their options",
+                              description="List every registered variant, its paper and its options with defaults.")
+    p.set_defaults(func=cmd_variants)
+    return p
+
+
+def describe_variants() -> str:
+    """The three axes: structures (variants), initialisations (``init=``), optimisation rules
+    (``optimizer=``); the last two combine with any LoRA-family structure."""
+    rule_fields = {f.name for f in dataclasses.fields(RuleOptions)}
+    blocks = ["structures (--variant NAME; options: --opt KEY=VALUE)"]
+    for name in adapters.names():
+        cls = adapters.get(name)
+        fields = sorted(dataclasses.fields(cls.Options), key=lambda f: f.name in rule_fields)  # rule options last
+        opts = ", ".join(f"{f.name}={_default(f)!r}" for f in fields)
+        blocks.append(f"{name}\n    {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}\n"
+                      f"    options: {opts or '(none)'}")
+    width = max(map(len, [*INITS, *RULES]))
+    blocks.append("\ninitialisations (--opt init=NAME, with any variant that has an init option)")
+    blocks += [f"    {name:<{width}}  {describe_init(name)}" for name in sorted(INITS)]
+    blocks.append("\noptimisation rules (--opt optimizer=NAME, with any variant that has an optimizer option)")
+    for name, rule in RULES.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(RuleOptions)}
+        opts = ", ".join(f"{o}={defaults[o]!r}" for o in rule.options)
+        blocks.append(f"    {name:<{width}}  {rule.description}" + (f"; options: {opts}" if opts else ""))
+    return "\n".join(blocks)
+
+
+def _default(f) -> Any:
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    print(describe_variants())
+    return 0

@@ -1,0 +1,152 @@
+"""The local backend of ``lorabench sweep``: every planned run not done yet, one after another,
+each in a fresh run process (``python -m lorabench.run``, started through ``launch``).
+
+A rerun skips runs whose result exists (``retry_failed``: reruns those not ok). A run process
+that dies without a result gets an ``error`` result written here, by its living parent; a child
+dies with its sweep, so a SIGKILLed sweep leaves no orphan. A lock file keeps two sweeps out of
+one folder; ``sweep.json`` (atomic) lists the planned runs and their status.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import results
+from ..errors import SweepError
+from ..launch import child_env, run_command, signal_name
+from .estimate import estimate_seconds, measured_rates
+from ..units import format_seconds
+from .plan import PlannedRun, Sweep
+
+LOG_TAIL = 2000  # characters of a dead run's log kept in its error result
+
+
+def lock_folder(out: Path):
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: one sweep per folder is on the user
+        return None
+    f = open(out / ".sweep.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SweepError(f"another sweep is running in {out}; wait for it to finish or pass another --out") from None
+    return f
+
+
+def write_manifest(sweep: Sweep, statuses: dict[str, str | None]) -> Path:
+    runs = [{"run_id": r.run_id, "model": r.config.model, "task": r.config.task,
+             "variant": r.config.variant, "hyper": r.hyper, "seed": r.config.seed,
+             "status": statuses.get(r.run_id)} for r in sweep.runs]
+    data = {"schema": "lorabench-sweep", "name": sweep.name, "source": sweep.source, "updated_at": results.now(),
+            "run_ids": [r.run_id for r in sweep.runs], "runs": runs}
+    return results.write_json_atomic(Path(sweep.out) / "sweep.json", data)
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace")[-LOG_TAIL:].splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
+    """Run one config in a fresh Python process; returns (exit code, log path)."""
+    cfg_path = out / "configs" / f"run-{run.run_id}.yaml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(run.config.to_dict() | {"quiet": True}, sort_keys=False))
+    log = out / "logs" / f"run-{run.run_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = run_command(cfg_path, run.run_id, "--parent", str(os.getpid()))
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
+        try:
+            return proc.wait(), log
+        except BaseException:  # Ctrl-C or an error in the sweep: never leave the run behind
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def pending(sweep: Sweep, out: Path, retry_failed: bool) -> tuple[dict[str, str | None], list[PlannedRun]]:
+    """The status of every planned run (None: no valid result) and the runs still to do (without a
+    result; ``retry_failed``: without an ok one), in plan order."""
+    statuses = {r.run_id: results.status_of(results.result_path(out, r.run_id)) for r in sweep.runs}
+    todo = [r for r in sweep.runs if statuses[r.run_id] is None or (retry_failed and statuses[r.run_id] != "ok")]
+    return statuses, todo
+
+
+def start(sweep: Sweep, out: Path, retry_failed: bool) -> tuple[dict[str, str | None], list[PlannedRun]]:
+    """With the folder's lock held (both backends): drop the temporary files of a process killed
+    mid-write, write ``sweep.json``, and return ``pending(...)``."""
+    for tmp in out.glob(".*.json.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    statuses, todo = pending(sweep, out, retry_failed)
+    write_manifest(sweep, statuses)
+    return statuses, todo
+
+
+def run_one(run: PlannedRun, out: Path) -> tuple[str, Path]:
+    """Execute one run in a fresh process (both backends); returns (status, log path).
+
+    A process that dies without a result gets an ``error`` result written here, by its living parent."""
+    started = results.now()
+    path = results.result_path(out, run.run_id)
+    before = results.file_stamp(path)
+    rc, log = execute_in_subprocess(run, out)
+    wrote = path.exists() and results.file_stamp(path) != before
+    status = results.status_of(path) if wrote else None
+    if status is None:  # the process died without a result: record it, we are alive
+        how = f"was killed by {signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
+        tail = _log_tail(log)
+        results.write_json_atomic(path, results.failure_result(
+            run.config, run.run_id, f"run process {how} without writing a result" + (f": {tail}" if tail else "")
+            + f" (log: {log})", started))
+        status = "error"
+    return status, log
+
+
+def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) -> dict[str, str | None]:
+    """Run every planned run not done yet, one after another; returns run id -> status."""
+    from tqdm.auto import tqdm
+
+    out = Path(sweep.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(out)
+    try:
+        statuses, todo = start(sweep, out, retry_failed)
+        rates = measured_rates(out)
+        estimates = [estimate_seconds(r.config, rates) for r in todo]
+        bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), unit="run", disable=quiet,
+                   bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        spent = 0.0
+        for i, run in enumerate(todo):
+            done_est = sum(estimates[:i])
+            factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
+            c = run.config
+            bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}")
+            bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
+            t0 = time.perf_counter()
+            status, log = run_one(run, out)
+            spent += time.perf_counter() - t0
+            statuses[run.run_id] = status
+            if status != "ok":
+                bar.write(f"{status}: {run.describe()} (log: {log})")
+            bar.update(1)
+        bar.close()
+        write_manifest(sweep, statuses)
+        return statuses
+    finally:
+        if lock is not None:
+            lock.close()
+
