@@ -25,8 +25,6 @@ Definitions.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 import warnings
@@ -36,6 +34,19 @@ from typing import Any
 
 from . import results
 from .config import NOT_HYPERPARAMETERS
+from .stats import paired_t_test, t_two_sided_p  # noqa: F401  (report.paired_t_test: part of its face)
+from .tables import (
+    cell_score,
+    cell_count,
+    cell_int,
+    cell_secs,
+    cell_bytes,
+    Table,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_html_page,
+)
 
 ALWAYS_SHOWN = ("lr",)  # shown in the configuration column even when it does not vary
 REFERENCE = "lora"
@@ -210,44 +221,6 @@ def _value(v: Any) -> str:
 # --------------------------------------------------------------------------- significance
 
 
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with integer df: the exact finite series of Abramowitz &
-    Stegun 26.7.3-4 (A(t|df) = P(|T| < t) as a sum of powers of cos(theta), theta = atan(t/sqrt(df)))."""
-    if math.isinf(t):
-        return 0.0
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= (2 * k) / (2 * k + 1) * c2
-            total += term
-        a = 2 / math.pi * (theta + s * math.cos(theta) * total)
-    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
-        term, total = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= (2 * k - 1) / (2 * k) * c2
-            total += term
-        a = s * total
-    return min(1.0, max(0.0, 1.0 - a))
-
-
-def paired_t_test(a: list[float], b: list[float]) -> float | None:
-    """Two-sided p of a paired t-test; None with fewer than 2 pairs."""
-    if len(a) != len(b) or len(a) < 2:
-        return None
-    d = [x - y for x, y in zip(a, b)]
-    mean, sd = statistics.fmean(d), statistics.stdev(d)
-    if sd <= 1e-12 * max(1.0, abs(mean)):  # identical differences (up to rounding): no spread to test
-        return 1.0 if abs(mean) <= 1e-12 else 0.0
-    try:
-        from scipy.stats import ttest_rel
-
-        return float(ttest_rel(a, b).pvalue)
-    except ImportError:
-        return t_two_sided_p(mean / (sd / math.sqrt(len(d))), len(d) - 1)
-
-
 def p_vs_reference(best: dict, key: tuple[str, str, str]) -> float | None:
     model, task, variant = key
     ref = best.get((model, task, REFERENCE))
@@ -259,43 +232,6 @@ def p_vs_reference(best: dict, key: tuple[str, str, str]) -> float | None:
 
 
 # --------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
-    bold: set[tuple[int, int]] = field(default_factory=set)
-    note: str = ""
-    records: list[dict] = field(default_factory=list)  # raw values for CSV
-
-
-def _score(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{100 * mean:.2f} ± " + ("—" if std is None else f"{100 * std:.2f}")
-
-
-def _count(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
-def _int(x: float | None) -> int | None:
-    return None if x is None else int(round(x))
-
-
-def _secs(s: float | None) -> str:
-    return "—" if s is None else f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h"
-
-
-def _bytes(b: float | None) -> str:
-    return "—" if b is None else f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
 
 
 def _mark_best(rows_raw: list[list[float | None]], col: int, highest: bool, bold: set, col_offset: int) -> None:
@@ -324,13 +260,13 @@ def best_tables(best: dict[tuple[str, str, str], Config]) -> list[Table]:
             time_ = sum(times) if len(times) == len(tasks) and None not in times else None
             peak = max((c.avg("peak_bytes") for c in cells if c and c.avg("peak_bytes") is not None), default=None)
             ps = [p_vs_reference(best, (model, t, v)) if c else None for t, c in zip(tasks, cells)]
-            text = [_score(c.mean, c.std) + ("†" if p is not None and p < ALPHA else "") if c else "—"
+            text = [cell_score(c.mean, c.std) + ("†" if p is not None and p < ALPHA else "") if c else "—"
                     for c, p in zip(cells, ps)]
-            rows.append([v] + text + [f"{100 * avg:.2f}" if avg is not None else "—", _count(params), _secs(time_),
-                         _bytes(peak)])
+            rows.append([v] + text + [f"{100 * avg:.2f}" if avg is not None else "—", cell_count(params), cell_secs(time_),
+                         cell_bytes(peak)])
             raw.append(means + [avg, params, time_, peak])
             records.append({"model": model, "method": v} | {t: m for t, m in zip(tasks, means)}
-                           | {"avg": avg, "params": _int(params), "train_s": time_, "peak_bytes": _int(peak)})
+                           | {"avg": avg, "params": cell_int(params), "train_s": time_, "peak_bytes": cell_int(peak)})
         bold: set[tuple[int, int]] = set()
         for col in range(len(tasks) + 1):
             _mark_best(raw, col, True, bold, 1)
@@ -349,12 +285,12 @@ def detail_table(best: dict[tuple[str, str, str], Config], configs: list[Config]
         c, p = best[key], p_vs_reference(best, key)
         group = [o for o in configs if (o.model, o.task, o.variant) == key]
         cfg = describe(c, varying_keys(group))
-        rows.append([*key, cfg, _score(c.mean, c.std), str(c.n), "—" if p is None else f"{p:.3g}",
-                     _count(c.avg("trainable")), _secs(c.avg("train_s")), _bytes(c.avg("peak_bytes"))])
+        rows.append([*key, cfg, cell_score(c.mean, c.std), str(c.n), "—" if p is None else f"{p:.3g}",
+                     cell_count(c.avg("trainable")), cell_secs(c.avg("train_s")), cell_bytes(c.avg("peak_bytes"))])
         records.append({"model": key[0], "task": key[1], "variant": key[2], "config": cfg, "metric": c.metric_name,
                         "mean": c.mean, "std": c.std, "n": c.n, "p_vs_" + REFERENCE: p,
-                        "trainable": _int(c.avg("trainable")), "train_s": c.avg("train_s"),
-                        "peak_bytes": _int(c.avg("peak_bytes")), "seeds": sorted(c.by_seed)})
+                        "trainable": cell_int(c.avg("trainable")), "train_s": c.avg("train_s"),
+                        "peak_bytes": cell_int(c.avg("peak_bytes")), "seeds": sorted(c.by_seed)})
     return Table("Best configuration per variant and task",
                  ["model", "task", "variant", "configuration", "dev", "n", f"p vs {REFERENCE}", "params",
                   "train time", "peak memory"], rows, records=records)
@@ -374,7 +310,7 @@ def hparam_tables(configs: list[Config], best: dict) -> list[Table]:
         for c in sorted(groups[key], key=lambda c: [_sortable(c.flat.get(k)) for k in keys]):
             if best.get(key) is c:
                 t.bold.add((len(t.rows), 3))
-            t.rows.append([key[0], key[1], describe(c, keys), _score(c.mean, c.std), str(c.n), str(c.failed)])
+            t.rows.append([key[0], key[1], describe(c, keys), cell_score(c.mean, c.std), str(c.n), str(c.failed)])
             t.records.append({"model": key[0], "task": key[1], "variant": key[2], "config": describe(c, keys),
                               "metric": c.metric_name, "mean": c.mean, "std": c.std, "n": c.n, "failed": c.failed,
                               "seeds": sorted(c.by_seed)})
@@ -391,63 +327,6 @@ def failed_table(runs: list[Run]) -> Table:
 
 
 # --------------------------------------------------------------------------- renderers
-
-
-def to_markdown(t: Table) -> str:
-    def cell(i: int, j: int, s: str) -> str:
-        s = s.replace("|", "\\|")
-        return f"**{s}**" if (i, j) in t.bold else s
-
-    lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-    lines += ["| " + " | ".join(cell(i, j, s) for j, s in enumerate(row)) + " |" for i, row in enumerate(t.rows)]
-    return "\n".join(lines + ([f"\n{t.note}"] if t.note else []))
-
-
-_TEX = {"<": "$<$", ">": "$>$", "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _tex(s: str) -> str:
-    s = "".join(_TEX.get(ch, ch) for ch in s)
-    return s.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("—", "--").replace("×", r"$\times$")
-
-
-def to_latex(t: Table) -> str:
-    def cell(i: int, j: int, s: str) -> str:
-        return rf"\textbf{{{_tex(s)}}}" if (i, j) in t.bold else _tex(s)
-
-    body = [" & ".join(cell(i, j, s) for j, s in enumerate(row)) + r" \\" for i, row in enumerate(t.rows)]
-    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small",
-                      r"\begin{tabular}{l" + "r" * (len(t.columns) - 1) + "}", r"\toprule",
-                      " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule", *body, r"\bottomrule",
-                      r"\end{tabular}", rf"\caption{{{_tex(t.title)}. {_tex(t.note)}}}", r"\end{table}", ""])
-
-
-def to_csv(records: list[dict]) -> str:
-    """Raw values (metrics unscaled, seconds, bytes), one row per record."""
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in records for k in r))
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in records:
-        w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
-def to_html(t: Table) -> str:
-    import html
-
-    def cell(i: int, j: int, s: str) -> str:
-        s = html.escape(s)
-        return f"<td><b>{s}</b></td>" if (i, j) in t.bold else f"<td>{s}</td>"
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(cell(i, j, s) for j, s in enumerate(row)) + "</tr>" for i, row in enumerate(t.rows))
-    note = f"<p class=note>{html.escape(t.note)}</p>" if t.note else ""
-    return f"<h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
-
-
-# --------------------------------------------------------------------------- report
 
 
 @dataclass
@@ -505,29 +384,9 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, html: boo
         figures = make_plots(report, out / "plots")
         written += [p for f in figures for p in f]
     if html:
-        written.append(_write_html(report, folder, out, figures))
+        shown = [t for name in ("best", "detail", "hparams", "failed") for t in report.tables[name] if t.rows]
+        subtitle = f"{folder}: {len(report.runs)} runs, {len(report.configs)} configurations"
+        written.append(write_html_page(out / "report.html", subtitle, shown, [png for png, _ in figures]))
     if echo:
         print(text)
     return written
-
-
-def _write_html(report: Report, folder: str | Path, out: Path, figures: list[tuple[Path, Path]]) -> Path:
-    import base64
-    import html
-
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:.5em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .6em;"
-           "text-align:right}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9em}"
-           "img{max-width:100%}")
-    body = [f"<h1>lorabench report</h1><p>{html.escape(str(folder))}: {len(report.runs)} runs, "
-            f"{len(report.configs)} configurations</p>"]
-    for name in ("best", "detail", "hparams", "failed"):
-        body += [to_html(t) for t in report.tables[name] if t.rows]
-    for png, _ in figures:
-        data = base64.b64encode(png.read_bytes()).decode()
-        body.append(f"<figure><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
-                    f"<figcaption>{html.escape(png.stem)}</figcaption></figure>")
-    path = out / "report.html"
-    path.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>lorabench report</title>"
-                    f"<style>{css}</style></head><body>{''.join(body)}</body></html>\n")
-    return path

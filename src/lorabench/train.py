@@ -30,6 +30,7 @@ from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from . import distributed, inject
+from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
 from .measure import (
     Stopwatch,
@@ -85,55 +86,6 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The autocast precision a run trains in.
-
-    ``auto`` is bf16 on a CUDA GPU that supports it, else fp32 (so CPU runs stay exactly
-    repeatable by default). On CPU, ``bf16`` is honoured: autocast runs the matmuls in bf16
-    (oneDNN), ~1.6x the fp32 throughput on CPUs with native bf16 (AVX512-BF16 or AMX); fp16
-    needs a GPU's loss scaling and falls back to fp32 with a warning.
-    """
-    if device.type != "cuda":
-        if precision == "fp16":
-            warnings.warn(f"precision fp16 needs CUDA; training in fp32 on {device.type} "
-                          "(use --precision bf16 for half-precision matmuls on CPU)", stacklevel=2)
-            return "fp32"
-        if precision == "bf16" and not cpu_has_native_bf16():
-            warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast is emulated "
-                          "and slower than fp32; use --precision fp32", stacklevel=2)
-        return "bf16" if precision == "bf16" else "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 matmuls natively on this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def enable_grad_checkpointing(model: torch.nn.Module) -> bool:
-    """Turn on activation checkpointing in the first transformers model inside ``model``."""
-    for module in model.modules():
-        if not getattr(module, "supports_gradient_checkpointing", False):
-            continue
-        kwargs = {"use_reentrant": False}
-        if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5
-            module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        elif hasattr(module, "gradient_checkpointing_enable"):
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            continue
-        if hasattr(module, "enable_input_require_grads"):
-            module.enable_input_require_grads()  # frozen embeddings: make checkpointed inputs need grad
-        return True
-    warnings.warn(f"{type(model).__name__} does not support gradient checkpointing; training without it", stacklevel=2)
-    return False
 
 
 def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progress: bool = True,
@@ -393,11 +345,6 @@ def evaluate(model, loaders: dict, task, accelerator: Accelerator,
         results[split] = {k: float(v) for k, v in compute(task, p, y).items()}
     model.train()
     return results
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for the forward pass (nothing when ``dtype`` is None)."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _groups(loader, size: int):
