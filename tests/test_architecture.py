@@ -222,3 +222,17 @@ def test_help_texts_say_what_the_code_does(field):
 
     help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}[field]
     assert "random subset" in help_text  # batching.subset samples at random (seeded), not the first N
+
+
+def test_variant_options_are_validated_once_per_config(monkeypatch):
+    from lorabench.adapters.lora import LoRA
+    from lorabench.config import RunConfig
+
+    calls = []
+    original = LoRA.make_options.__func__
+    monkeypatch.setattr(LoRA, "make_options", classmethod(lambda cls, **o: calls.append(o) or original(cls, **o)))
+    cfg = RunConfig(variant="lora", r=4)
+    cfg.resolved(), cfg.run_id(), cfg.variant_options()
+    assert len(calls) == 1
+    cfg.options = {"dropout": 0.1}  # a changed config is validated again
+    assert cfg.variant_options()["dropout"] == 0.1 and len(calls) == 2

@@ -202,7 +202,41 @@ CASES = [
     # ---- report
     Case("report-folder-missing", lambda tmp, out, fx: ["report", str(tmp / "nope"), "--out", str(out)],
          ("results folder", "does not exist", "--out folder of a sweep")),
+    # ---- found by the probe of 113 bad inputs (each failed before its fix)
+    Case("lora-rank-above-layer", train(*MINILM, "--r", "1000"),
+         ("r=1000 is larger than min(in, out) = 384", "only adds parameters", "choose r <= 384")),
+    Case("lr-negative-looking", train("--lr", "-1e-3"), ("lr must be > 0, got -0.001", "--lr 5e-4")),
+    Case("lr-infinite", train("--lr", "inf"), ("lr must be a finite number, got inf",)),
+    Case("option-infinite", train("--alpha", "inf"), ("alpha must be a finite number, got inf",)),
+    Case("max-length-beyond-positions", train(*MINILM, "--max-length", "100000"),
+         ("max_length 100000 is more than the", "positions minilm has", "--max-length")),
+    Case("binary-train-file", lambda tmp, out, fx: [
+        "train", *MINILM, "--data-dir", str(binary_train_file(tmp)), "--out", str(out)],
+         ("train.tsv is not UTF-8 text", "re-download SST-2")),
+    Case("train-out-is-a-file", lambda tmp, out, fx: ["train", "--out", str(yaml_file(tmp, "x", "file"))],
+         ("is a file, not a folder", "--out")),
+    Case("squeeze-out-is-its-input", lambda tmp, out, fx: ["squeeze", str(fx["adapter"]), "--rank", "1",
+                                                           "--out", str(fx["adapter"])],
+         ("is the input adapter folder", "never overwrites its input", "pass another --out")),
+    Case("sweep-seed-in-a-variant-block", lambda tmp, out, fx: [
+        "sweep", str(yaml_file(tmp, "variants: {lora: {seed: [0, 1]}}\n", "s.yaml")), "--out", str(out)],
+         ("variants.lora: 'seed' cannot be a grid", "top level", "seeds: [0, 1, 2]")),
+    Case("report-empty-folder", lambda tmp, out, fx: ["report", str(empty_folder(tmp)), "--out", str(out)],
+         ("no lorabench results", "--out folder of a sweep")),
+    Case("report-out-is-a-file", lambda tmp, out, fx: ["report", str(FIXTURES), "--out", str(yaml_file(tmp, "x", "f"))],
+         ("is a file, not a folder", "pass a folder")),
 ]
+
+
+def binary_train_file(tmp: Path) -> Path:
+    folder = glue_folder(tmp, "SST-2", "", SST2_DEV)
+    (folder / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\n\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    return folder
+
+
+def empty_folder(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
 
 
 def test_the_table_is_big_and_distinct():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -127,6 +128,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints(type(self))[f.name]))
+        for f in dataclasses.fields(self):  # nan and inf parse as floats; no setting takes them
+            value = getattr(self, f.name)
+            check(not isinstance(value, float) or math.isfinite(value),
+                  f"{f.name} must be a finite number, got {value}; give a number such as 5e-4")
         self.targets = _normalize_targets(self.targets)
         check(self.model.strip() != "", "model is empty; pass an alias (minilm, smollm2-135m), a hub id or a folder")
         check(self.layers is None or self.layers >= 1, f"layers must be >= 1 (or null for all), got {self.layers}")
@@ -207,6 +212,8 @@ class RunConfig:
 
     def _make_variant_options(self) -> dict[str, Any]:
         opts = {k: units.parse_number(v) for k, v in self.options.items()}
+        bad = [k for k, v in opts.items() if isinstance(v, float) and not math.isfinite(v)]
+        check(not bad, f"option {', '.join(bad)} must be a finite number, got {opts[bad[0]] if bad else ''}")
         for key in ("r", "alpha"):
             value = getattr(self, key)
             if value is not None:

@@ -61,3 +61,15 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> bool:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed precision for the forward pass (nothing when ``dtype`` is None)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def autocast_state(device: torch.device) -> tuple[str, torch.dtype] | None:
+    """The autocast a custom autograd Function's forward runs under (None: off), for its backward."""
+    kind = device.type
+    return (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
+
+
+def same_autocast(state: tuple[str, torch.dtype] | None):
+    """Run a custom backward under the forward's autocast (as ``torch.amp.custom_bwd`` does, for any
+    device): its matmuls then see the same dtypes as the forward saved, bf16 with bf16."""
+    return torch.autocast(state[0], dtype=state[1]) if state is not None else nullcontext()

@@ -112,8 +112,13 @@ def squeeze(model: nn.Module, rank: int, niter: int = 2, oversample: int = 10) -
 def squeeze_adapter_dir(directory: str | os.PathLike, rank: int, out: str | os.PathLike | None = None,
                         niter: int = 2, oversample: int = 10) -> Path:
     """``lorabench squeeze``: read a saved LoRA-family adapter (no base model needed: it stores B
-    and A), write the plain rank-``rank`` LoRA to ``out`` (default ``DIR-r{rank}``)."""
+    and A), write the plain rank-``rank`` LoRA to ``out`` (default ``DIR-r{rank}``). ``out`` must lie
+    outside the source folder: the source adapter is never replaced."""
     src = Path(directory)
+    dest = Path(out) if out is not None else src.with_name(f"{src.name}-r{rank}")
+    if dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents:
+        raise AdapterFileError(f"--out {dest} is the input adapter folder {src} (or inside it), and squeeze never "
+                               f"overwrites its input; pass another --out, e.g. {src.name}-r{rank}")
     config, tensors = read_adapter_config(src), read_adapter_tensors(src)
     variant, targets = config.get("variant"), config.get("targets") or []
     cls = registry.get(variant)
@@ -140,7 +145,6 @@ def squeeze_adapter_dir(directory: str | os.PathLike, rank: int, out: str | os.P
         result[prefix + "lora_A"], result[prefix + "lora_B"] = A.contiguous(), B.contiguous()
     config = {**config, "variant": "lora", "options": asdict(new_opts), "lorabench_version": __version__,
               "squeezed_from": {"variant": variant, "options": config.get("options")}}
-    dest = Path(out) if out is not None else src.with_name(f"{src.name}-r{rank}")
     atomic_write_bytes(dest / WEIGHTS_NAME, lambda p: save_file(result, p, metadata={"format": "pt"}))
     atomic_write_bytes(dest / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return dest

@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .data.glue import get_task
-from .errors import ResultWriteError
+from .errors import ConfigError, ResultWriteError
 from . import ids
 from .measure import environment
 
@@ -121,6 +121,8 @@ def check_writable(folder: str | os.PathLike) -> None:
     then cannot record its result). Folders it had to create are removed again, so a run
     rejected later for bad input leaves nothing behind."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file, not a folder; pass a folder for the results, e.g. --out runs")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +187,11 @@ def validate(data: Any) -> str | None:
         return f"'schema' is {data.get('schema')!r}, not {SCHEMA!r}"
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        return f"missing keys {missing}"
+        return f"missing keys {', '.join(missing)}"
+    version = data["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        return (f"schema_version {version!r} is not one this lorabench reads (1 to {SCHEMA_VERSION}); "
+                "a newer lorabench wrote it: upgrade lorabench")
     if data["status"] not in STATUSES:
         return f"unknown status {data['status']!r}"
     return None

@@ -53,6 +53,7 @@ def load(cfg: RunConfig):
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
     model, tokenizer = models.load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
                                   trust_remote_code=cfg.trust_remote_code)
+    check_max_length(model, tokenizer, cfg.max_length, cfg.model)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits
     # see the full-precision W and a residual init (PiSSA) stores its exact residual in 4 bits
@@ -75,6 +76,18 @@ def load(cfg: RunConfig):
         _prepare_then_quantize(model, train_loader, cfg)
         check_memory_budget(model, cfg.budget_bytes(), cfg.model)
     return task, model, tokenizer, train_loader, dev_loaders
+
+
+def check_max_length(model, tokenizer, max_length: int, name: str) -> None:
+    """``max_length`` within the positions the model has (checked before any text is tokenized)."""
+    config = getattr(model, "config", None)
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "mpnet", "camembert"):
+        limits[0] = limits[0] - 2 if limits[0] else None  # two positions are the padding offset
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if limits and max_length > min(limits):
+        raise ConfigError(f"max_length {max_length} is more than the {min(limits)} positions {name} has; "
+                          f"use --max-length {min(limits)} or less")
 
 
 def _prepare_then_quantize(model, train_loader, cfg: RunConfig) -> None:

@@ -30,6 +30,7 @@ from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from . import distributed, inject
+from .divergence import check_after_training, divergence
 from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
 from .measure import (
@@ -166,6 +167,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         train_clock.start()
         since_log, since_eval = [], []  # step losses since the last log / evaluation
         evaluated_at = -1
+        first_loss, last_group = None, None  # for the divergence checks
 
         def evaluate_now():
             nonlocal since_eval, evaluated_at
@@ -187,10 +189,13 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                                   f"x {accum} per optimizer step", stacklevel=2)
                 if accelerator.num_processes > 1:  # the mean over the ranks: they stop (diverge) together
                     step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
-                if not math.isfinite(step_loss):  # stop before the bad update is applied
+                first_loss = step_loss if first_loss is None else first_loss
+                why = divergence(step_loss, first_loss)
+                if why is not None:  # stop before the bad update is applied
                     state.status = "diverged"
-                    state.error = f"training loss became {step_loss} at step {state.step + 1}; lower the learning rate"
+                    state.error = f"training loss {why} at step {state.step + 1}; lower the learning rate"
                     break
+                last_group = group
                 scaler.unscale_(optimizer)  # the true gradients for the clip and the rule (a no-op unless fp16)
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -222,6 +227,8 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                     evaluate_now()
         if since_log and state.status == "ok":
             state.train_loss.append([state.step, sum(since_log) / len(since_log)])
+        if state.status == "ok" and last_group is not None:
+            check_after_training(model, core, last_group[0], first_loss, accelerator, amp, state, task)
     finally:
         if bar is not None:
             bar.close()  # now: on Ctrl-C its last refresh would come after the error line

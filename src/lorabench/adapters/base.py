@@ -104,8 +104,23 @@ class Variant(nn.Module):
         return opts
 
     @classmethod
+    def rank_bound(cls, opts: Any) -> tuple[int, str] | None:
+        """``(k, why)`` when every adapted layer must have ``k * r <= min(in, out)`` (a rank-r update of
+        a weight whose rank is at most min(in, out)); None (the default) for no bound."""
+        return None
+
+    @classmethod
     def check_layer(cls, in_features: int, out_features: int, opts: Any, layer_name: str) -> None:
-        """Raise VariantError when the options cannot fit this layer (e.g. r > min(in, out))."""
+        """Raise VariantError when the options cannot fit this layer: here the ``rank_bound``."""
+        bound = cls.rank_bound(opts)
+        if bound is None:
+            return
+        k, why = bound
+        limit = min(in_features, out_features)
+        if k * opts.r > limit:
+            taken = f"r={opts.r}" if k == 1 else f"{k}r = {k * opts.r}"
+            raise VariantError(f"{taken} is larger than min(in, out) = {limit} of layer {layer_name!r}, {why}; "
+                               f"choose r <= {limit // k}")
 
     # ---- construction ----------------------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast_state, same_autocast
 from .registry import register
 from .base import VariantError
 from .lora import LoRA
@@ -39,10 +40,16 @@ class _DoRALinear(torch.autograd.Function):
         u = F.linear(x, V)  # (T, out)
         ctx.save_for_backward(x, V, A, B, scale, z)
         ctx.s, ctx.u = s, u  # u is consumed in place by the first backward (no (T, out) temporary)
+        ctx.amp = autocast_state(x.device)  # bf16 under autocast: the backward computes in it too
         return u * scale if bias is None else torch.addcmul(bias, u, scale)
 
     @staticmethod
     def backward(ctx, g):
+        with same_autocast(ctx.amp):
+            return _DoRALinear.gradients(ctx, g)
+
+    @staticmethod
+    def gradients(ctx, g):
         x, V, A, B, scale, z = ctx.saved_tensors
         s = ctx.s
         need_x, _, need_b, need_A, need_B, need_scale, _ = ctx.needs_input_grad
@@ -55,7 +62,7 @@ class _DoRALinear(torch.autograd.Function):
         if need_scale:
             u = ctx.u if ctx.u is not None else F.linear(x, V)  # recomputed on a retained graph
             ctx.u = None
-            grad_scale = u.mul_(g).sum(0)  # (out,) = sum_t g * u
+            grad_scale = u.mul_(g).sum(0) if u.dtype == g.dtype else (u * g).sum(0)  # (out,) = sum_t g * u
         return grad_x, None, grad_b, grad_A, grad_B, grad_scale, None
 
 

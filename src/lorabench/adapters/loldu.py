@@ -61,12 +61,8 @@ class LoLDU(Variant):
         self.register_buffer("sigma0", torch.tensor(opts.alpha / r))
 
     @classmethod
-    def check_layer(cls, in_features, out_features, opts, layer_name):
-        if opts.r > min(in_features, out_features):
-            raise VariantError(
-                f"r={opts.r} is larger than min(in, out) = {min(in_features, out_features)} of layer "
-                f"{layer_name!r}, whose LDU decomposition LoLDU truncates; choose r <= {min(in_features, out_features)}"
-            )
+    def rank_bound(cls, opts):
+        return 1, "whose LDU decomposition LoLDU truncates"
 
     @torch.no_grad()
     def init_from_base(self, weight):

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import registry
 from .registry import register
-from .base import Variant, VariantError, check
+from .base import Variant, check
 from .rules.rule import RuleOptions, get_rule
 
 #: name -> fn(variant, W (out, in) fp32). The fn sets lora_A / lora_B in place and may set
@@ -134,12 +134,10 @@ class LoRA(Variant):
             self.factors()[role].requires_grad_(False)
 
     @classmethod
-    def check_layer(cls, in_features, out_features, opts, layer_name):
-        if opts.init in FACTORISING_INITS and opts.r > min(in_features, out_features):
-            raise VariantError(
-                f"r={opts.r} is larger than min(in, out) = {min(in_features, out_features)} of layer "
-                f"{layer_name!r}, which init={opts.init!r} factorises; choose r <= {min(in_features, out_features)}"
-            )
+    def rank_bound(cls, opts):
+        if opts.init in FACTORISING_INITS:
+            return 1, f"which init={opts.init!r} factorises"
+        return 1, "and B A has rank at most min(in, out): a larger r only adds parameters"
 
     @property
     def scale(self) -> float:

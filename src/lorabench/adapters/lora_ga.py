@@ -67,12 +67,8 @@ class LoRAGA(LoRA):
         self._warned = False
 
     @classmethod
-    def check_layer(cls, in_features, out_features, opts, layer_name):
-        if 2 * opts.r > min(in_features, out_features):
-            raise VariantError(
-                f"LoRA-GA takes 2r = {2 * opts.r} singular directions of the gradient of layer {layer_name!r}, "
-                f"which has only min(in, out) = {min(in_features, out_features)}; choose r <= {min(in_features, out_features) // 2}"
-            )
+    def rank_bound(cls, opts):
+        return 2, "and LoRA-GA takes 2r singular directions of the layer's gradient"
 
     def init_from_base(self, weight):
         super().init_from_base(weight)  # LoRA's init (B = 0) until prepare()

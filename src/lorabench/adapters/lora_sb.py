@@ -71,12 +71,8 @@ class LoRASB(LoRAXS):
         self._warned = False
 
     @classmethod
-    def check_layer(cls, in_features, out_features, opts, layer_name):
-        if opts.r > min(in_features, out_features):
-            raise VariantError(
-                f"r={opts.r} is larger than min(in, out) = {min(in_features, out_features)} of layer "
-                f"{layer_name!r}, whose update LoRA-SB truncates to rank r; choose r <= {min(in_features, out_features)}"
-            )
+    def rank_bound(cls, opts):
+        return 1, "whose update LoRA-SB truncates to rank r"
 
     def init_from_base(self, weight):
         self.prepared = False  # the init needs gradients: prepare()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register
-from .base import Variant, VariantError, check
+from .base import Variant, check
 
 
 @dataclass
@@ -53,12 +53,8 @@ class LoRAXS(Variant):
         self.dropout = nn.Dropout(opts.dropout) if opts.dropout > 0 else nn.Identity()
 
     @classmethod
-    def check_layer(cls, in_features, out_features, opts, layer_name):
-        if opts.r > min(in_features, out_features):
-            raise VariantError(
-                f"r={opts.r} is larger than min(in, out) = {min(in_features, out_features)} of layer "
-                f"{layer_name!r}, whose truncated SVD LoRA-XS uses; choose r <= {min(in_features, out_features)}"
-            )
+    def rank_bound(cls, opts):
+        return 1, "whose truncated SVD LoRA-XS uses"
 
     @property
     def scale(self) -> float:

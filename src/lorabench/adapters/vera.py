@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast_state, same_autocast
 from .registry import register
 from .base import Variant, VariantError, check
 
@@ -52,13 +53,16 @@ class _VeraDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, lambda_b, lambda_d, A, B):
         ctx.save_for_backward(lambda_b, lambda_d, A, B)
+        ctx.amp = autocast_state(A.device)  # bf16 under autocast: the backward computes in it too
         Bb, Ad = lambda_b[:, None] * B, lambda_d[:, None] * A  # (out, r), (r, in)
         return Bb @ Ad if W is None else torch.addmm(W, Bb, Ad)  # (out, in)
 
     @staticmethod
     def backward(ctx, G):
         lambda_b, lambda_d, A, B = ctx.saved_tensors
-        BM = B * (G @ A.t())  # (out, r)
+        with same_autocast(ctx.amp):
+            BM = B * (G @ A.t())  # (out, r)
+        BM = BM.to(lambda_d.dtype)
         return (G if ctx.needs_input_grad[0] else None), BM @ lambda_d, lambda_b @ BM, None, None
 
 

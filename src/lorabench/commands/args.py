@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any
@@ -24,7 +25,13 @@ SPECIAL = ("options",)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so errors stay one line."""
+    """argparse that raises instead of printing usage and exiting, so errors stay one line, and
+    that reads ``--lr -1e-3`` as a value (argparse alone knows only ``-1`` and ``-.5``), so the
+    config can say what is wrong with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def error(self, message: str):
         raise UsageError(f"{message}; see `{self.prog} --help`")

@@ -185,6 +185,14 @@ def read_tsv(path: str | os.PathLike, spec: TaskSpec, split: str) -> list[Exampl
         raise DataError(f"missing GLUE file {path}; {FIX_DIR} that holds {spec.glue_dir}/{path.name}")
     cols = spec.columns_for(split)
     unlabelled_ok = split in spec.test_splits
+    try:
+        return _read_rows(path, spec, split, cols, unlabelled_ok)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}): "
+                        f"not a GLUE TSV file; re-download {spec.display} or point --data-dir at a GLUE folder") from None
+
+
+def _read_rows(path: Path, spec: TaskSpec, split: str, cols: Columns, unlabelled_ok: bool) -> list[Example]:
     examples = []
     # utf-8-sig strips MRPC's byte-order mark; QUOTE_NONE keeps the stray quotes as text.
     with open(path, encoding="utf-8-sig", newline="") as f:

@@ -40,12 +40,24 @@ def lock_folder(out: Path):
     return f
 
 
-def write_manifest(sweep: Sweep, statuses: dict[str, str | None]) -> Path:
+#: What ``sweep.json`` says of its runs while the sweep is ``state``: running (a sweep killed with
+#: SIGKILL leaves this), interrupted (Ctrl-C) or finished.
+MANIFEST_NOTE = {
+    "running": "status null: no result yet (not run, or running now); if no sweep runs here any more it was "
+               "killed: rerun the same command to resume",
+    "interrupted": "the sweep was interrupted; status null: no result yet; rerun the same command to resume",
+    "finished": "status null: no result (see the run's log in logs/)",
+}
+
+
+def write_manifest(sweep: Sweep, statuses: dict[str, str | None], state: str = "finished") -> Path:
+    """``sweep.json``: the planned runs, each with its status (None: no result yet), and the sweep's
+    ``state`` (running / interrupted / finished) with what that means for the runs without one."""
     runs = [{"run_id": r.run_id, "model": r.config.model, "task": r.config.task,
              "variant": r.config.variant, "hyper": r.hyper, "seed": r.config.seed,
              "status": statuses.get(r.run_id)} for r in sweep.runs]
     data = {"schema": "lorabench-sweep", "name": sweep.name, "source": sweep.source, "updated_at": results.now(),
-            "run_ids": [r.run_id for r in sweep.runs], "runs": runs}
+            "state": state, "note": MANIFEST_NOTE[state], "run_ids": [r.run_id for r in sweep.runs], "runs": runs}
     return results.write_json_atomic(Path(sweep.out) / "sweep.json", data)
 
 
@@ -92,7 +104,7 @@ def start(sweep: Sweep, out: Path, retry_failed: bool) -> tuple[dict[str, str | 
     for tmp in out.glob(".*.json.*.tmp"):
         tmp.unlink(missing_ok=True)
     statuses, todo = pending(sweep, out, retry_failed)
-    write_manifest(sweep, statuses)
+    write_manifest(sweep, statuses, "running" if todo else "finished")
     return statuses, todo
 
 
@@ -130,19 +142,24 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
         bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), unit="run", disable=quiet,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         spent = 0.0
-        for i, run in enumerate(todo):
-            done_est = sum(estimates[:i])
-            factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
-            c = run.config
-            bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}")
-            bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
-            t0 = time.perf_counter()
-            status, log = run_one(run, out)
-            spent += time.perf_counter() - t0
-            statuses[run.run_id] = status
-            if status != "ok":
-                bar.write(f"{status}: {run.describe()} (log: {log})")
-            bar.update(1)
+        try:
+            for i, run in enumerate(todo):
+                done_est = sum(estimates[:i])
+                factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
+                c = run.config
+                bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}")
+                bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
+                t0 = time.perf_counter()
+                status, log = run_one(run, out)
+                spent += time.perf_counter() - t0
+                statuses[run.run_id] = status
+                if status != "ok":
+                    bar.write(f"{status}: {run.describe()} (log: {log})")
+                bar.update(1)
+        except KeyboardInterrupt:
+            bar.close()
+            write_manifest(sweep, statuses, "interrupted")
+            raise
         bar.close()
         write_manifest(sweep, statuses)
         return statuses

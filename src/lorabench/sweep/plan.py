@@ -198,6 +198,10 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     budget: dict[str, int] = {}
     for b, (label, block) in enumerate(blocks.items()):
         where = f"variants.{label}"
+        if isinstance(block, dict) and "seed" in block:
+            raise SweepError(f"{where}: 'seed' cannot be a grid in a variant block (every configuration gets the same "
+                             "seeds, which the report's paired test relies on); list them once at the top level, "
+                             "e.g. seeds: [0, 1, 2]")
         block = _check_keys(where, block, grid_keys)
         axes = _grid_axes(where, block)
         points = list(itertools.product(*[c for _, c in axes]))
