@@ -731,6 +731,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device; use --device cpu (with --tiny for a quick run)",
               file=sys.stderr)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         return 2
     import lorabench
     from lorabench.measure import device_name, git_revision, package_version
