@@ -15,6 +15,10 @@ any adapter on every layer must pay at least. "overhead" = step / floor - 1.
 
 Targets: lorabench <= 1.00x PEFT for every variant; for DoRA and VeRA, lorabench's overhead
 over the floor at most half of PEFT's.
+
+The functions take ``device`` and ``amp`` (an autocast dtype, e.g. torch.bfloat16) so that
+``benchmarks/gpu_check.py`` measures the same thing on a GPU: fp32 weights, the forward under
+autocast, as ``lorabench train`` runs; on CUDA each timed step ends with a synchronize.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import statistics
 import time
 import warnings
+from contextlib import nullcontext
 
 import torch
 
@@ -33,7 +38,7 @@ LR, WEIGHT_DECAY = 1e-4, 0.01
 ADAMW: dict = {}
 
 
-def load_base(path: str, seed: int = 0):
+def load_base(path: str, seed: int = 0, device: str = "cpu"):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -41,13 +46,13 @@ def load_base(path: str, seed: int = 0):
     logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    return model.float().train()
+    return model.float().to(device).train()
 
 
-def lorabench_model(path: str, variant: str):
+def lorabench_model(path: str, variant: str, device: str = "cpu"):
     import lorabench
 
-    model = load_base(path)
+    model = load_base(path, device=device)
     if variant == "vera":
         lorabench.apply(model, "vera", targets=TARGETS, r=256)
     elif variant == "pissa" and "pissa" not in lorabench.variants():
@@ -58,10 +63,10 @@ def lorabench_model(path: str, variant: str):
     return model, opt
 
 
-def peft_model(path: str, variant: str):
+def peft_model(path: str, variant: str, device: str = "cpu"):
     from peft import LoraConfig, VeraConfig, get_peft_model
 
-    model = load_base(path)
+    model = load_base(path, device=device)
     if variant == "vera":
         config = VeraConfig(task_type="SEQ_CLS", r=256, target_modules=TARGETS)
     else:
@@ -75,41 +80,55 @@ def peft_model(path: str, variant: str):
     return model, opt
 
 
-def train_step(model, opt, batch) -> None:
-    loss = model(**batch).loss
+def autocast(batch, amp: torch.dtype | None):
+    """The forward's autocast context on the batch's device (nothing when ``amp`` is None)."""
+    device = batch["input_ids"].device.type
+    return torch.autocast(device, dtype=amp) if amp is not None else nullcontext()
+
+
+def train_step(model, opt, batch, amp: torch.dtype | None = None) -> None:
+    with autocast(batch, amp):
+        loss = model(**batch).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def floor_step(model, batch) -> None:
+def floor_step(model, batch, amp: torch.dtype | None = None) -> None:
     # inputs_embeds is a leaf that wants a gradient and every parameter is frozen: autograd
     # computes every layer's activation gradients and no weight gradient.
     embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)  # (B, L, H)
-    loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    with autocast(batch, amp):
+        loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     loss.backward()
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str) -> dict[str, list[float]]:
-    """Per-round step times (ms) of the three runs, which take turns step by step."""
-    ours, ours_opt = lorabench_model(path, variant)
-    peft, peft_opt = peft_model(path, variant)
-    floor = load_base(path).requires_grad_(False)
+def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str, *, device: str = "cpu",
+            amp: torch.dtype | None = None) -> dict[str, list[float]]:
+    """Per-round step times (ms) of the three runs, which take turns step by step.
+
+    ``batch`` must already be on ``device``; ``amp`` is the autocast dtype (None: fp32)."""
+    ours, ours_opt = lorabench_model(path, variant, device)
+    peft, peft_opt = peft_model(path, variant, device)
+    floor = load_base(path, device=device).requires_grad_(False)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     runs = {
-        "lorabench": lambda: train_step(ours, ours_opt, batch),
-        "peft": lambda: train_step(peft, peft_opt, batch),
-        "floor": lambda: floor_step(floor, batch),
+        "lorabench": lambda: train_step(ours, ours_opt, batch, amp),
+        "peft": lambda: train_step(peft, peft_opt, batch, amp),
+        "floor": lambda: floor_step(floor, batch, amp),
     }
     now = CLOCKS[clock]
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
     for i in range(warmup + steps):
         for k in names[i % 3:] + names[: i % 3]:  # rotate who goes first
+            sync()
             t0 = now()
             runs[k]()
+            sync()
             if i >= warmup:
                 times[k].append((now() - t0) * 1e3)
     return times
