@@ -371,7 +371,8 @@ class Check:
                 try:
                     with captured_warnings(notes):
                         cfg = self.config(model=model, variant=name, head="cls", batch_size=batch,
-                                          eval_batch_size=batch, train_limit=batch, eval_limit=batch)
+                                          eval_batch_size=batch, train_limit=batch, eval_limit=batch,
+                                          r=small_rank(name))
                         r = self.execute(cfg)
                     row.update(variant_row(r))
                 except Exception as e:
@@ -545,6 +546,17 @@ def first_metric(r: dict) -> tuple[str | None, float | None]:
         if key in split:
             return key, split[key]
     return None, None
+
+
+def small_rank(variant: str) -> int | None:
+    """8 for variants whose default rank is above 16 (QLoRA, MiSS: r = 64), which the small check
+    models' narrowest layers (the KV projections) cannot hold; else the variant's default."""
+    import dataclasses
+
+    import lorabench
+
+    default = {f.name: f.default for f in dataclasses.fields(lorabench.adapters.get(variant).Options)}.get("r")
+    return 8 if isinstance(default, int) and default > 16 else None
 
 
 def variant_row(r: dict) -> dict:

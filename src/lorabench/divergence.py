@@ -29,16 +29,21 @@ def divergence(loss: float, first: float | None) -> str | None:
 @torch.no_grad()
 def check_after_training(model, core, batch: dict, first_loss: float | None, accelerator, amp, state,
                          task) -> None:
-    """After the last update, with the trained weights: trainable tensors finite, the loss on the last
-    training batch not diverged, the dev metrics not NaN. Marks ``state`` diverged otherwise."""
+    """After the last update, with the trained weights: trainable tensors finite, the loss on
+    ``batch`` (a micro-batch of the last step) not diverged, the dev metrics not NaN. Marks ``state``
+    diverged otherwise."""
     bad = [n for n, p in core.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     why = f"trainable tensors became non-finite ({', '.join(bad[:3])})" if bad else None
     if why is None:
         training = model.training
         model.eval()
-        with autocast(accelerator.device, amp):
-            loss = float(model(**send_to_device(batch, accelerator.device)).loss.float())
-        model.train(training)
+        try:  # one micro-batch, without gradients: it fits where the training step did
+            with autocast(accelerator.device, amp):
+                loss = float(model(**send_to_device(batch, accelerator.device)).loss.float())
+        except torch.cuda.OutOfMemoryError:
+            loss = first_loss if first_loss is not None else 0.0  # not measurable here: the other checks decide
+        finally:
+            model.train(training)
         if accelerator.num_processes > 1:  # the ranks decide together
             loss = accelerator.reduce(torch.tensor(loss, device=accelerator.device), "mean").item()
         reason = divergence(loss, first_loss)

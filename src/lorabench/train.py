@@ -228,7 +228,8 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         if since_log and state.status == "ok":
             state.train_loss.append([state.step, sum(since_log) / len(since_log)])
         if state.status == "ok" and last_group is not None:
-            check_after_training(model, core, last_group[0], first_loss, accelerator, amp, state, task)
+            check_after_training(model, core, _split(last_group[0], micro)[0], first_loss, accelerator, amp, state,
+                                 task)
     finally:
         if bar is not None:
             bar.close()  # now: on Ctrl-C its last refresh would come after the error line
