@@ -91,6 +91,13 @@ def outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return torch.cat([out.logits.reshape(-1), hidden.reshape(-1)])
 
 
+def layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The adapted layers of ``model`` by module name (``lorabench.inject.adapted_layers`` as a dict)."""
+    from lorabench.inject import adapted_layers
+
+    return dict(adapted_layers(model))
+
+
 @pytest.fixture
 def make_model():
     """Factory: ``make_model(arch="bert", seed=0)`` -> a fresh, identical-per-seed model."""

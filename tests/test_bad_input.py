@@ -218,6 +218,17 @@ CASES = [
     Case("squeeze-out-is-its-input", lambda tmp, out, fx: ["squeeze", str(fx["adapter"]), "--rank", "1",
                                                            "--out", str(fx["adapter"])],
          ("is the input adapter folder", "never overwrites its input", "pass another --out")),
+    Case("adapter-onto-a-deeper-model", lambda tmp, out, fx: ["adapter", str(fx["adapter"]), *MINILM[:2]],
+         ("saved from another architecture", "layers 2 (this model: 6)", "--layers 2")),
+    Case("adapter-json-targets-a-string", lambda tmp, out, fx: [
+        "adapter", str(damaged(fx["adapter"], tmp, "lorabench_adapter.json", edit_json(targets="query")))],
+         ("lorabench_adapter.json: 'targets' must be a JSON list, got 'query'", "save the adapter again")),
+    Case("adapter-json-no-targets-bad-rank", lambda tmp, out, fx: [
+        "adapter", str(damaged(fx["adapter"], tmp, "lorabench_adapter.json", edit_json(targets=None, r=-3)))],
+         ("lorabench_adapter.json: 'targets' is missing", "save the adapter again")),
+    Case("adapter-json-negative-rank", lambda tmp, out, fx: [
+        "adapter", str(damaged(fx["adapter"], tmp, "lorabench_adapter.json", edit_json(r=-3)))],
+         ("lorabench_adapter.json: 'options': r must be", "save the adapter again")),
     Case("sweep-seed-in-a-variant-block", lambda tmp, out, fx: [
         "sweep", str(yaml_file(tmp, "variants: {lora: {seed: [0, 1]}}\n", "s.yaml")), "--out", str(out)],
          ("variants.lora: 'seed' cannot be a grid", "top level", "seeds: [0, 1, 2]")),
@@ -226,6 +237,20 @@ CASES = [
     Case("report-out-is-a-file", lambda tmp, out, fx: ["report", str(FIXTURES), "--out", str(yaml_file(tmp, "x", "f"))],
          ("is a file, not a folder", "pass a folder")),
 ]
+
+
+def edit_json(targets: object = "keep", r: int | None = None) -> Callable[[bytes], bytes]:
+    """A change to an adapter's JSON: ``targets`` replaced (None: removed), ``options.r`` set."""
+    def edit(raw: bytes) -> bytes:
+        config = json.loads(raw)
+        if targets is None:
+            del config["targets"]
+        elif targets != "keep":
+            config["targets"] = targets
+        if r is not None:
+            config["options"]["r"] = r
+        return json.dumps(config).encode()
+    return edit
 
 
 def binary_train_file(tmp: Path) -> Path:

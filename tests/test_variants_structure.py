@@ -15,7 +15,7 @@ from lorabench.adapters.vera import _VeraDelta
 from lorabench.checkpoint import adapter_tensors
 from lorabench.inject import adapted_layers
 
-from conftest import make_batch, outputs, train_steps
+from conftest import outputs, train_steps
 
 
 def _layers(model):

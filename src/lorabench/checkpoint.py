@@ -12,6 +12,7 @@ the model, so an adapter cannot silently land on the wrong base weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
+from .adapters import registry
 from .errors import AdapterFileError, VariantError
 from .inject import (  # noqa: F401  (adapter_tensors and RULE_INFIX: part of the file format)
     RULE_INFIX,
@@ -30,6 +32,8 @@ from .inject import (  # noqa: F401  (adapter_tensors and RULE_INFIX: part of th
     adapter_tensors,
     apply,
     fingerprint,
+    head_modules,
+    in_head,
     is_linear,
     state_of,
 )
@@ -70,10 +74,48 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "base_model": getattr(getattr(model, "config", None), "_name_or_path", None),
         "model_class": type(model).__name__,
         "pooling": getattr(model, "pooling", "cls"),  # "mean" / "lm" for lorabench's own heads
+        "architecture": architecture(model),
     }
     atomic_write_bytes(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write_bytes(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     return directory
+
+
+#: Fields of ``lorabench_adapter.json`` and their JSON types (checked all at once on read).
+REQUIRED_FIELDS = {"variant": str, "options": dict, "targets": list, "fingerprint": str}
+
+
+def architecture(model: nn.Module) -> dict:
+    """What shapes the model: depth, width, type, and a digest of every linear and embedding layer's
+    name and shape (an adapter only fits the architecture it was trained on)."""
+    config = getattr(model, "config", None)
+    heads = head_modules(model)
+    shapes = []
+    for name, m in model.named_modules():
+        if ".adapter" in f".{name}" or in_head(name, heads) or getattr(m, "weight", None) is None:
+            continue  # the adapter's own tensors and the task head are not the base architecture
+        if is_linear(m) or isinstance(m, nn.Embedding):
+            # (in, out) whatever the storage: a 4-bit layer packs its weight, GPT-2's Conv1D stores (in, out)
+            shape = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else tuple(m.weight.shape)
+            shapes.append(f"{name.removesuffix('.base_layer')}:{shape}")  # named as before apply
+    return {"model_type": getattr(config, "model_type", None), "layers": getattr(config, "num_hidden_layers", None),
+            "hidden_size": getattr(config, "hidden_size", None),
+            "digest": hashlib.sha256("\n".join(shapes).encode()).hexdigest()[:16]}
+
+
+def _check_architecture(model: nn.Module, config: dict, directory: Path) -> None:
+    saved = config.get("architecture")
+    if saved is None:  # saved before lorabench recorded it: the fingerprint and shape checks still run
+        return
+    here = architecture(model)
+    if here["digest"] == saved.get("digest"):
+        return
+    differ = [f"{k} {saved.get(k)} (this model: {here[k]})" for k in ("model_type", "layers", "hidden_size")
+              if saved.get(k) != here[k]]
+    fix = (f"load it with --layers {saved['layers']} (lorabench.models.load_model(..., layers={saved['layers']}))"
+           if saved.get("layers") != here["layers"] and saved.get("layers") else "load the base model it was trained on")
+    raise AdapterFileError(f"the adapter in {directory} was saved from another architecture: "
+                           f"{', '.join(differ) or 'other layer shapes'}; {fix}")
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict:
@@ -87,6 +129,18 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
         raise AdapterFileError(f"{path} is not valid JSON ({e}); the file is corrupt, save the adapter again") from None
     if not isinstance(config, dict) or config.get("format") != "lorabench-adapter":
         raise AdapterFileError(f"{path} is not a lorabench adapter config (missing 'format': 'lorabench-adapter')")
+    problems = [f"'{k}' is missing" if k not in config else f"'{k}' must be a JSON {t.__name__}, got {config[k]!r}"
+                for k, t in REQUIRED_FIELDS.items() if not isinstance(config.get(k), t)]
+    if isinstance(config.get("targets"), list) and not all(isinstance(t, str) for t in config["targets"]):
+        problems.append("'targets' must list layer names (strings)")
+    if not problems:
+        try:
+            registry.get(config["variant"]).make_options(**config["options"])
+        except (VariantError, TypeError) as e:
+            problems.append(f"'options': {e}")
+    if problems:
+        raise AdapterFileError(f"{path}: {'; '.join(problems)}; the file was edited or is corrupt, save the "
+                               "adapter again")
     return config
 
 
@@ -118,6 +172,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"the model has no layer {missing[0]!r} that the adapter in {directory} targets; "
             f"load the base model it was trained on ({config.get('base_model')})"
         )
+    _check_architecture(model, config, directory)
     fp_names = names or [n for n, m in model.named_modules() if is_linear(m)][:8]
     if fingerprint(model, fp_names) != config["fingerprint"]:
         raise AdapterFileError(

@@ -16,10 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from . import units
 from .adapters import registry
@@ -27,6 +24,7 @@ from .choices import HEADS, POOLINGS, PRECISIONS, QUANT_TYPES
 from .data.glue import get_task
 from .errors import ConfigError, DataError, VariantError
 from .ids import canonical, run_id
+from .yamlio import YAMLLoader, load_yaml, parse_yaml  # noqa: F401  (config.load_yaml: read a run file)
 
 _NAME = re.compile(r"[\w.\-]+")
 
@@ -263,42 +261,6 @@ class RunConfig:
 NOT_HASHED = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hashed"])
 #: Fields that are bookkeeping, not hyperparameters: the report never groups runs by them.
 NOT_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hyperparameter"])
-
-
-class YAMLLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``5e-4`` (no dot) as a string; run and sweep files are full of such learning
-    rates, so this loader reads them as floats."""
-
-
-YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """YAML text as Python values, with ``5e-4`` a float (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=YAMLLoader)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a run config file (a YAML mapping of RunConfig fields)."""
-    path = Path(path)
-    try:
-        data = parse_yaml(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path} ({e})") from None
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{line}; fix its syntax") from None
-    if data is None:
-        return {}
-    check(isinstance(data, dict), f"config file {path} must hold a mapping of settings (key: value), not a {type(data).__name__}")
-    return data
 
 
 # ---- helpers ---------------------------------------------------------------------------

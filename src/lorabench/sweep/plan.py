@@ -201,7 +201,7 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
         if isinstance(block, dict) and "seed" in block:
             raise SweepError(f"{where}: 'seed' cannot be a grid in a variant block (every configuration gets the same "
                              "seeds, which the report's paired test relies on); list them once at the top level, "
-                             "e.g. seeds: [0, 1, 2]")
+                             f"e.g. seeds: [0, 1, 2]; valid keys: {', '.join(grid_keys)}")
         block = _check_keys(where, block, grid_keys)
         axes = _grid_axes(where, block)
         points = list(itertools.product(*[c for _, c in axes]))
