@@ -37,7 +37,6 @@ is kept under ``runs/``. Statuses: ok, fail (ran, a target was missed), error, s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -57,13 +56,10 @@ SRC = HERE.parent / "src"
 
 sys.path.insert(0, str(HERE))  # the sibling modules below
 from gpu_fixtures import (  # noqa: E402
-    Fixtures, bitsandbytes_status, captured_warnings, error_info, free_cuda, install_bitsandbytes, now,
+    PEFT_VARIANTS, Fixtures, bitsandbytes_status, captured_warnings, error_info, free_cuda, install_bitsandbytes,
+    now, parse_args, simulated_oom,
 )
 from gpu_report import TARGET_S, render, render_section, seed_figures, small_rank, variant_row  # noqa: E402
-
-PEFT_VARIANTS = ("lora", "dora", "vera", "pissa")
-SECTIONS = ("variants", "seed000", "seed000_nf4", "peft_step_time", "oom_retry", "packing")
-
 
 class Check:
     """Runs the sections and keeps the report (written after every section)."""
@@ -302,50 +298,6 @@ class Check:
 
     def packing(self) -> dict:
         return {"status": "skipped", "reason": "packing: not implemented in lorabench"}
-
-
-@contextlib.contextmanager
-def simulated_oom(cap: int):
-    """Every ``nn.Embedding`` forward on more than ``cap`` rows raises CUDA out of memory (CPU check)."""
-    import torch
-
-    def hook(module, inputs):
-        if isinstance(module, torch.nn.Embedding) and inputs and torch.is_tensor(inputs[0]) \
-                and inputs[0].ndim == 2 and inputs[0].shape[0] > cap:
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (simulated: {inputs[0].shape[0]} examples > cap of {cap})")
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.txt and runs/")
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                   help="cuda (default) or cpu (hides any GPU from this process)")
-    p.add_argument("--tiny", "--dry-run", dest="tiny", action="store_true",
-                   help="tiny configs (2 layers, hidden 64): the same code paths in seconds")
-    p.add_argument("--bnb-wheel", default=None,
-                   help="a bitsandbytes wheel (pip-installed into a temporary folder) or a folder holding the "
-                        "bitsandbytes package; without it, bitsandbytes is used only if importable")
-    p.add_argument("--no-bnb", action="store_true", help="act as if bitsandbytes were missing (NF4 and qlora skipped)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--variants", default=None, help="comma-separated subset of variants for the variants check")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
-    p.add_argument("--time-limit", type=float, default=450.0,
-                   help="seconds after which the remaining checks are skipped (default 450; 0: none)")
-    p.add_argument("--work", default=None, help="folder for the temporary models and data (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = p.parse_args(argv)
-    args.time_limit = args.time_limit or None
-    unknown = set(args.sections.split(",")) - set(SECTIONS)
-    if unknown:
-        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    return args
 
 
 def main(argv=None) -> int:
