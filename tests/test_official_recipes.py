@@ -153,3 +153,24 @@ def test_altlora_alternate_option_moves_one_factor_per_step_b_first(update):
 def test_altlora_adamw_update_needs_the_alternate_schedule():
     with pytest.raises(VariantError, match="alt_schedule='alternate'"):
         lorabench.apply(build_model("bert"), "lora", targets=TARGETS, optimizer="altlora", alt_update="adamw")
+
+
+# ---- MatryoshkaLoRA: IST-DASLab/MatryoshkaLoRA, adapters/lora.py (A stored (in, r)) --------------
+def test_matryoshka_a_starts_with_the_official_kaiming_bound_of_fan_in_r():
+    r, n_in = 32, 768
+    # kaiming_uniform_(a=sqrt(5)) bounds a tensor by sqrt(3) gain / sqrt(fan_in), gain = sqrt(2 / (1 + a^2)),
+    # fan_in = size(1): r for the official (in, r) A, in for LoRA's (r, in) one
+    gain = math.sqrt(2 / (1 + 5))
+    official, lora = math.sqrt(3) * gain / math.sqrt(r), math.sqrt(3) * gain / math.sqrt(n_in)
+    assert (round(official, 3), round(lora, 3)) == (0.177, 0.036)  # the audit's figures
+    for a_init, bound in (("official", official), ("lora", lora)):
+        torch.manual_seed(0)
+        model = lorabench.apply(nn.Sequential(nn.Linear(n_in, 16)), "matryoshka_lora", targets=["0"], r=r,
+                                **({} if a_init == "official" else {"a_init": a_init}))
+        v = first_adapter(model)
+        A = v.lora_A.detach()
+        assert A.shape == (r, n_in) and not v.lora_B.any()
+        assert 0.99 * bound < A.abs().max() <= bound, a_init  # U(-bound, bound)
+        assert A.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    with pytest.raises(VariantError, match="a_init"):
+        get("matryoshka_lora").make_options(a_init="kaiming")
