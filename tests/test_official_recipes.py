@@ -174,3 +174,61 @@ def test_matryoshka_a_starts_with_the_official_kaiming_bound_of_fan_in_r():
         assert A.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
     with pytest.raises(VariantError, match="a_init"):
         get("matryoshka_lora").make_options(a_init="kaiming")
+
+
+# ---- FlyLoRA: gfyddha/FlyLoRA, peft/src/peft/tuners/lora/layer.py:758-770 (the fork of finetune.py) ---
+def test_flylora_routes_by_top_k_of_y_plus_d_and_balances_after_every_training_forward():
+    cls = get("flylora")
+    torch.manual_seed(0)
+    adapter = cls(16, 6, cls.make_options(r=8, k=3, bias_u=0.01))
+    nn.init.normal_(adapter.lora_B)
+    adapter.d.copy_(torch.linspace(-0.3, 0.3, 8))
+    xs = torch.randn(3, 20, 16)
+    A, B, d = adapter.lora_A, adapter.lora_B.detach(), adapter.d.clone()
+    flips = 0
+    for x in xs:  # the fork's forward, written out
+        y = x @ A.T
+        selected = torch.topk(y + d, 3, dim=-1).indices
+        mask = torch.zeros_like(y).scatter_(-1, selected, 1.0)
+        expected = (y * mask) @ B.T * adapter.scale
+        ci = torch.bincount(selected.flatten(), minlength=8).float()
+        flips += (selected.sort().values != torch.topk(y.abs() + d, 3, dim=-1).indices.sort().values).any().item()
+        torch.testing.assert_close(adapter.delta(x), expected)
+        d = d + 0.01 * (ci.mean() - ci).sign()
+        torch.testing.assert_close(adapter.d, d)  # moved by this pass, before the next
+    assert flips  # the old |y| + d score would have routed these tokens elsewhere
+    adapter.eval()
+    adapter.delta(xs[0])
+    torch.testing.assert_close(adapter.d, d)  # evaluation leaves d alone
+
+
+@pytest.mark.parametrize("routing, score", [("abs", lambda y, d: (y + d).abs()),  # the minimal flylora.py
+                                            ("abs_bias", lambda y, d: y.abs() + d)])  # lorabench before issue 14
+def test_flylora_routing_options(routing, score):
+    cls = get("flylora")
+    torch.manual_seed(1)
+    adapter = cls(16, 6, cls.make_options(r=8, k=2, routing=routing, bias_update="step"))
+    nn.init.normal_(adapter.lora_B)
+    adapter.d.copy_(torch.linspace(-0.2, 0.2, 8))
+    x = torch.randn(10, 16)
+    y = x @ adapter.lora_A.T
+    top = score(y, adapter.d).topk(2, dim=-1).indices
+    gated = torch.zeros_like(y).scatter(-1, top, y.gather(-1, top))
+    torch.testing.assert_close(adapter.delta(x), adapter.scale * gated @ adapter.lora_B.T)
+    torch.testing.assert_close(adapter.d, torch.linspace(-0.2, 0.2, 8))  # "step": d waits for on_step
+
+
+def test_flylora_checkpointed_forward_recomputes_the_same_routing_and_balances_once():
+    from torch.utils.checkpoint import checkpoint
+
+    cls = get("flylora")
+    torch.manual_seed(2)
+    plain, ckpt = (cls(16, 6, cls.make_options(r=8, k=2, bias_u=0.05)) for _ in range(2))
+    ckpt.load_state_dict(plain.state_dict())
+    for v in (plain, ckpt):
+        nn.init.constant_(v.lora_B, 0.1)
+    x = torch.randn(12, 16)
+    plain.delta(x).square().sum().backward()
+    checkpoint(ckpt.delta, x, use_reentrant=False).square().sum().backward()
+    torch.testing.assert_close(ckpt.lora_B.grad, plain.lora_B.grad)
+    torch.testing.assert_close(ckpt.d, plain.d)
