@@ -32,6 +32,7 @@ BERT = ("bert",)
 #   shared:    trainable parameters stored once on the model, not per layer (Uni-LoRA's vector)
 #   all:       True when every parameter of the model trains (full fine-tuning)
 #   archs:     architectures to run on
+#   identity:  whether these options keep the output at init (default: ``cls.identity_at_init``)
 #   lr:        of the test's 3 AdamW steps (default 1e-2); SGD-scale rules (AltLoRA's plain momentum
 #              step, Algorithm 1) need more to move every factor above fp32 resolution on these tiny models
 CASES: dict[str, dict] = {
@@ -66,8 +67,12 @@ CASES: dict[str, dict] = {
     "lora_ga": dict(opts={"r": R}, per_layer=lambda i, o: R * (i + o), archs=ALL),
     "loldu": dict(opts={"r": R}, per_layer=lambda i, o: R + 1, archs=ALL),
     "lora_sb": dict(opts={"r": R}, per_layer=lambda i, o: R * R, archs=ALL),
-    "nlora": dict(opts={"r": R}, per_layer=lambda i, o: R * (i + o) + R * R, archs=ALL),
+    "nlora": dict(opts={"r": R}, per_layer=lambda i, o: R * (i + o) + R * R, archs=ALL),  # official init: W + s B N A
+    "nlora:sketch": dict(opts={"r": R, "init": "sketch"}, per_layer=lambda i, o: R * (i + o) + R * R, archs=ALL,
+                         identity=True),
     "nlora:inttune": dict(opts={"r": R, "inttune": True}, per_layer=lambda i, o: R * R, archs=BERT),
+    "nlora:inttune_sketch": dict(opts={"r": R, "inttune": True, "init": "sketch"}, per_layer=lambda i, o: R * R,
+                                 archs=BERT, identity=True),
     "lora:nystrom": dict(opts={"r": R, "init": "nystrom"}, per_layer=lambda i, o: R * (i + o), archs=BERT),
     "salt": dict(opts={"r": R, "r_lora": 2}, per_layer=lambda i, o: 2 * R + 2 * 2 * (min(i, o) - R), archs=ALL),
     "paca": dict(opts={"r": R}, per_layer=lambda i, o: R * o, archs=ALL),
@@ -133,8 +138,8 @@ def test_identity_at_init(case_id, arch, make_model):
     batch = make_batch()
     before = outputs(model, batch)
     _apply(model, variant, row, arch)
-    if not cls.identity_at_init:
-        pytest.skip(f"{variant} is not identity at init (cls.identity_at_init = False)")
+    if not row.get("identity", cls.identity_at_init):
+        pytest.skip(f"{case_id} is not identity at init (cls.identity_at_init = False)")
     torch.testing.assert_close(outputs(model, batch), before, atol=1e-5, rtol=0)
 
 

@@ -232,3 +232,31 @@ def test_flylora_checkpointed_forward_recomputes_the_same_routing_and_balances_o
     checkpoint(ckpt.delta, x, use_reentrant=False).square().sum().backward()
     torch.testing.assert_close(ckpt.lora_B.grad, plain.lora_B.grad)
     torch.testing.assert_close(ckpt.d, plain.d)
+
+
+# ---- NLoRA: TracyGuo2001/NLoRA, peft/src/peft/tuners/lora/layer.py (nlora_init) ---------------------
+def test_nlora_default_is_the_official_nlora_init_on_top_of_w():
+    r = 4
+    base = build_model("bert")
+    model = lorabench.apply(build_model("bert"), "nlora", targets=TARGETS, r=r)
+    assert not get("nlora").identity_at_init
+    for name, layer in adapted_layers(model):
+        W, bias = base.get_submodule(name).weight.detach(), base.get_submodule(name).bias
+        assert torch.equal(layer.weight, W)  # no residual: W stays as it is
+        # the official layers: nn.Linear(in, r), (r, r), (r, out) loaded with blocks of W
+        lora_A, lora_N, lora_B = nn.Linear(W.shape[1], r, bias=False), nn.Linear(r, r, bias=False), nn.Linear(r, W.shape[0], bias=False)
+        with torch.no_grad():
+            lora_A.weight.copy_(W[:r, :]), lora_N.weight.copy_(W[:r, :r]), lora_B.weight.copy_(W[:, :r])
+        x = torch.randn(3, W.shape[1])
+        with torch.no_grad():
+            expected = nn.functional.linear(x, W, bias) + lora_B(lora_N(lora_A(x))) * (8.0 / r)
+            torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(outputs(model, make_batch()), outputs(base, make_batch()), atol=1e-6)
+
+
+def test_nlora_sketch_option_keeps_the_output_at_init():
+    base = build_model("bert")
+    model = lorabench.apply(build_model("bert"), "nlora", targets=TARGETS, r=4, init="sketch")
+    torch.testing.assert_close(outputs(model, make_batch()), outputs(base, make_batch()), atol=1e-5, rtol=0)
+    with pytest.raises(VariantError, match="init='sketch'"):
+        get("nlora").make_options(sketch="columns")  # a sketch option without the sketch
