@@ -260,3 +260,21 @@ def test_nlora_sketch_option_keeps_the_output_at_init():
     torch.testing.assert_close(outputs(model, make_batch()), outputs(base, make_batch()), atol=1e-5, rtol=0)
     with pytest.raises(VariantError, match="init='sketch'"):
         get("nlora").make_options(sketch="columns")  # a sketch option without the sketch
+
+
+# ---- DoRA: the magnitude's weight decay ---------------------------------------------------------------
+@pytest.mark.parametrize("decay", [False, True])
+def test_dora_magnitude_weight_decay_option(decay):
+    model = lorabench.apply(build_model("bert"), "dora", targets=TARGETS, r=4,
+                            **({"magnitude_weight_decay": True} if decay else {}))
+    groups = lorabench.param_groups(model, lr=1e-3, weight_decay=0.1)
+    v = first_adapter(model)
+    (g,) = [g for g in groups if any(p is v.magnitude for p in g["params"])]
+    assert g["weight_decay"] == (0.1 if decay else 0.0)
+    # with zero gradients, AdamW moves m only through decay: m <- (1 - lr wd) m
+    m0 = v.magnitude.detach().clone()
+    opt = torch.optim.AdamW(groups)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()
+    torch.testing.assert_close(v.magnitude.detach(), m0 * (1 - 1e-3 * 0.1) if decay else m0)
