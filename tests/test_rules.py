@@ -216,7 +216,7 @@ def test_variants_lora_plus_and_lora_fa_are_the_lora_structure_with_a_default_ru
     ("lora", {"lr_ratio": 4}, r"'lora' has no option 'lr_ratio' with optimizer='adamw' \(lr_ratio belongs to "
                               r"optimizer='lora_plus': add optimizer='lora_plus' or drop lr_ratio\); its options are: "
                               r"r, alpha, dropout, init, rslora, svd_niter, optimizer$"),
-    ("dora", {"optimizer": "lora_plus", "eta": 3}, r"no option 'eta' with optimizer='lora_plus'.*svd_niter, optimizer, lr_ratio$"),
+    ("dora", {"optimizer": "lora_plus", "eta": 3}, r"no option 'eta' with optimizer='lora_plus'.*svd_niter, magnitude_weight_decay, optimizer, lr_ratio$"),
     ("dylora", {"optimizer": "altlora"}, r"'dylora' trains a different rank each step; use optimizer='adamw'"),
     ("allora", {"optimizer": "lora_plus"}, r"variant 'allora' has its optimisation rule built in.*variant='lora'"),
     ("lora", {"optimizer": "stable", "shrink_ratio": 1.0}, r"shrink_ratio must be in \[0, 1\)"),
