@@ -126,7 +126,8 @@ def batch():
 
 def train_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int = 3, lr: float = 1e-2) -> None:
     """A few AdamW steps on the batch with lorabench's parameter groups (no weight decay, so a
-    tensor moves only if it gets a gradient), calling ``on_step`` after each. Leaves eval mode."""
+    tensor moves only if it gets a gradient), the documented loop: ``before_step`` (the optimisation
+    rule) before and ``on_step`` after each. Leaves eval mode."""
     import lorabench
 
     opt = torch.optim.AdamW(lorabench.param_groups(model, lr=lr, weight_decay=0.0))
@@ -134,6 +135,7 @@ def train_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: i
     for step in range(steps):
         loss = model(**batch).loss
         loss.backward()
+        lorabench.before_step(model)
         opt.step()
         opt.zero_grad(set_to_none=True)
         lorabench.on_step(model, step + 1, steps)

@@ -70,7 +70,8 @@ def test_config_resolved_is_stable_and_normalised(tmp_path):
     r = a.resolved()
     assert r["variant"] == "lora" and r["task"] == "sst2"
     assert r["options"] == {"r": 16, "alpha": 32.0, "dropout": 0.0, "init": "kaiming", "rslora": False, "svd_niter": 0,
-                            "optimizer": "adamw", "lr_ratio": 16.0, "eta": 2.0, "shrink_ratio": 5e-4, "alt_beta": 0.9}
+                            "optimizer": "adamw", "lr_ratio": 16.0, "eta": 2.0, "shrink_ratio": 5e-4, "alt_beta": 0.9,
+                            "alt_schedule": "both", "alt_update": "momentum", "pro_moments": "full"}
     assert "out" not in r and "quiet" not in r and "r" not in r
     assert RunConfig.from_dict({"seed": 1}).run_id() != RunConfig.from_dict({"seed": 2}).run_id()
     # a config round-trips through YAML (what `lorabench sweep` hands each run)

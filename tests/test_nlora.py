@@ -46,7 +46,8 @@ def test_nystrom_factors_are_the_nystrom_approximation(sketch):
 def test_nlora_keeps_the_output_and_moves_the_sketch_into_the_adapter(sketch):
     batch = make_batch()
     base_model = build_model("bert")
-    model = lorabench.apply(build_model("bert"), "nlora", targets=TARGETS, r=R, alpha=8.0, sketch=sketch)
+    model = lorabench.apply(build_model("bert"), "nlora", targets=TARGETS, r=R, alpha=8.0, init="sketch",
+                            sketch=sketch)
     torch.testing.assert_close(outputs(model, batch), outputs(base_model, batch), atol=1e-5, rtol=0)
     for n, layer in layers(model).items():
         v, W = layer.adapter, base_model.get_submodule(n).weight.detach()
@@ -69,8 +70,9 @@ def test_nlora_inttune_trains_only_the_intermediate_matrix():
         v = layer.adapter
         assert torch.equal(v.lora_A, A) and torch.equal(v.lora_B, B)
         assert not torch.equal(v.lora_N, N)
-        # the update stays inside span(B) x rowspace(A): s B (N - N0) A
-        torch.testing.assert_close(v.delta_weight() - v.base_offset(), v.scale * B @ (v.lora_N - N) @ A, atol=1e-6, rtol=0)
+        # the update since init stays inside span(B) x rowspace(A): s B (N - N0) A
+        torch.testing.assert_close(v.delta_weight() - v.scale * B @ N @ A, v.scale * B @ (v.lora_N - N) @ A,
+                                   atol=1e-6, rtol=0)
     n_layers = len(layers(model))
     assert lorabench.count_parameters(model)[0] == n_layers * R * R + sum(
         p.numel() for p in model.classifier.parameters())

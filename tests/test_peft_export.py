@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 @pytest.mark.parametrize("variant, opts", [
     ("lora_sb", {"r": R}), ("nlora", {"r": R}), ("nlora", {"r": R, "inttune": True}),
+    ("nlora", {"r": R, "init": "sketch"}),
     ("lora", {"r": R, "init": "nystrom"}), ("paca", {"r": R}),
 ])
 def test_export_loads_in_peft(variant, opts, tmp_path):

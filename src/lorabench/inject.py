@@ -237,7 +237,9 @@ def before_step(model: nn.Module) -> None:
     """Let each adapter's optimisation rule act on the finished gradients (LoRA-Pro, AltLoRA,
     ALLoRA) or factors (Stable-LoRA). Call once per optimizer step: after backward,
     ``GradScaler.unscale_`` and gradient clipping, right before ``optimizer.step()`` (where the
-    papers' own optimizers act, and where PEFT's AdaLoRA reads the gradients)."""
+    papers' own optimizers act, and where PEFT's AdaLoRA reads the gradients). Rules whose update is
+    not an AdamW step (lora_pro, altlora) then move their factors inside that ``optimizer.step()``
+    (``adapters.rules``), which refuses to run without this call."""
     for _, layer in adapted_layers(model):
         layer.adapter.before_step()
 

@@ -13,6 +13,7 @@ norm from a cached ||W||^2 without an (out, in) temporary (``DoRA.weight_norm``)
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,14 @@ from torch import nn
 from ..precision import autocast_state, same_autocast
 from .registry import register
 from .base import VariantError
-from .lora import LoRA
+from .lora import LoRA, LoRAOptions
+
+
+@dataclass
+class DoRAOptions(LoRAOptions):
+    # False (default): the magnitude m is not weight-decayed (see DoRA.param_groups); True: it decays
+    # with the run's weight decay, as PEFT + the HF Trainer (and the official DoRA runs built on them) do.
+    magnitude_weight_decay: bool = False
 
 
 class _DoRALinear(torch.autograd.Function):
@@ -74,9 +82,17 @@ class DoRA(LoRA):
 
     The row norm (one per output feature, the paper's column norm of W in (in, out)
     orientation) is treated as a constant and detached from the graph (Sec. 4.3).
+
+    Weight decay: by default the magnitude m is excluded (``magnitude_weight_decay=False``), a
+    lorabench choice. PEFT's DoRA (``lora_magnitude_vector``) under the HF Trainer decays m like every
+    weight that is not a bias or a LayerNorm; ``magnitude_weight_decay=True`` does the same. (The
+    official commonsense script, NVlabs/DoRA commonsense_reasoning/finetune.py, trains with the
+    Trainer at weight_decay = 0, where the two agree.)
     """
 
-    description = "DoRA: magnitude m * direction (W+sBA)/||W+sBA|| (Liu et al. 2024, arXiv 2402.09353)"
+    description = ("DoRA: magnitude m * direction (W+sBA)/||W+sBA||; m not weight-decayed (magnitude_weight_decay=True: "
+                   "decayed, as PEFT + HF Trainer) (Liu et al. 2024, arXiv 2402.09353)")
+    Options = DoRAOptions
 
     def __init__(self, in_features, out_features, opts, shared=None):
         super().__init__(in_features, out_features, opts, shared)
@@ -167,9 +183,11 @@ class DoRA(LoRA):
 
     # ---- optimisation ----------------------------------------------------------------
     def param_groups(self, lr, weight_decay):
-        # The magnitude is not decayed: decay would pull every row of W' towards 0 (not
-        # towards the pretrained weight, as decay on B does), and m plays the part of a
-        # norm gain, which the usual transformer recipe exempts. (PEFT + HF Trainer do decay it.)
+        # By default the magnitude is not decayed: decay would pull every row of W' towards 0 (not
+        # towards the pretrained weight, as decay on B does), and m plays the part of a norm gain,
+        # which the usual transformer recipe exempts. (PEFT + HF Trainer do decay it.)
+        if self.opts.magnitude_weight_decay:
+            return super().param_groups(lr, weight_decay)
         groups = []
         for g in super().param_groups(lr, weight_decay):
             rest = [p for p in g["params"] if p is not self.magnitude]

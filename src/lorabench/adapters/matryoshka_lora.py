@@ -7,11 +7,13 @@ LoRAs of all the ranks in S at once; evaluation uses any prefix rank b (``set_ra
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import register
 from .base import VariantError, check
@@ -47,9 +49,14 @@ class MatryoshkaLoRAOptions(LoRAOptions):
     # Evaluation at rank b: False = the paper's plain LoRA s_b B[:, :b] A[:b] (P is a training
     # device); True = B[:, :b] diag(P[:b]) A[:b], so rank r in eval equals the trained function.
     eval_p: bool = False
+    # Bound of init="kaiming"'s uniform A: "official" = 1/sqrt(r), the official adapters/lora.py
+    # (A stored (in, r), so Kaiming's fan-in is r); "lora" = 1/sqrt(in), LoRA's (A stored (r, in)).
+    a_init: str = "official"
 
     def __post_init__(self):
         super().__post_init__()
+        check(self.a_init in ("official", "lora"),
+              f"a_init must be 'official' (bound 1/sqrt(r)) or 'lora' (bound 1/sqrt(in)), got {self.a_init!r}")
         self.train_ranks = _rank_tuple(self.train_ranks)
         if self.train_ranks is not None:
             bad = [b for b in self.train_ranks if not 1 <= b <= self.r]
@@ -85,9 +92,16 @@ class MatryoshkaLoRA(NestedRankLoRA):
         eval:  h = W0 x + s_b B[:, :b] A[:b] x  at the rank set with set_rank(b) (default r)
 
     s_b = alpha / sqrt(b) (rsLoRA, the official default) or alpha / b. P is fixed, not trained.
+
+    Official code: github.com/IST-DASLab/MatryoshkaLoRA, adapters/matryoshka.py (P, Algorithm 1)
+    on adapters/lora.py. Its A is stored (in, r) and initialised by kaiming_uniform_(a=sqrt(5)),
+    whose fan-in is then r: A ~ U(-1/sqrt(r), 1/sqrt(r)) (``a_init="official"``, the default;
+    0.177 for r = 32). ``a_init="lora"`` keeps LoRA's U(-1/sqrt(in), 1/sqrt(in)) of an (r, in) A
+    (0.036 for in = 768: lorabench's matryoshka_lora before issue 14). B = 0 either way.
     """
 
-    description = ("MatryoshkaLoRA: fixed diagonal P trains every prefix rank at once, evaluate at any rank "
+    description = ("MatryoshkaLoRA: fixed diagonal P trains every prefix rank at once, evaluate at any rank; "
+                   "A ~ U(+-1/sqrt(r)) as the official code (a_init='lora': LoRA's 1/sqrt(in)) "
                    "(Modoranu et al. 2026, arXiv 2605.07850)")
     Options = MatryoshkaLoRAOptions
 
@@ -102,6 +116,14 @@ class MatryoshkaLoRA(NestedRankLoRA):
         for b in opts.ranks:
             P[:b] += cls.scale_of(opts, b)
         return P
+
+    @torch.no_grad()
+    def init_from_base(self, weight):
+        super().init_from_base(weight)
+        if self.opts.init == "kaiming" and self.opts.a_init == "official":
+            # the official draw: Kaiming-uniform on the (in, r) layout, i.e. fan-in r
+            A = nn.init.kaiming_uniform_(torch.empty(self.in_features, self.opts.r), a=math.sqrt(5))
+            self.lora_A.copy_(A.T)
 
     # ---- rank selection (set_rank: NestedRankLoRA) ----------------------------------------
     @property

@@ -1,6 +1,6 @@
 """Optimisation rules: how the gradients of a LoRA-family adapter become an update.
 
-``basic.py``: adamw, lora_plus, lora_fa, allora, stable; ``projected.py``: lora_pro, altlora.
+``basic.py``: adamw, lora_plus, lora_fa, allora, stable; ``projected.py``: lora_pro; ``altlora.py``: altlora.
 
 The third axis next to structure (the variant class) and initialisation (``INITS``)::
 
@@ -20,9 +20,12 @@ rules that need them are refused for structures without (VeRA, LoRA-XS, LoLDU).
 
 from __future__ import annotations
 
-from . import basic, projected  # noqa: F401  (the rules register on import)
+# The rules register on import, in the order `lorabench variants` lists them.
+from . import basic  # noqa: F401,I001
+from . import projected  # noqa: F401
+from . import altlora  # noqa: F401
 from .basic import ZERO_A_INITS, row_coefficients
-from .rule import RULES, Rule, RuleOptions, check_unused_options, get_rule, register_rule
+from .rule import RULE_STEP, RULES, Rule, RuleOptions, check_unused_options, get_rule, register_rule
 
-__all__ = ["RULES", "Rule", "RuleOptions", "ZERO_A_INITS", "check_unused_options", "get_rule", "register_rule",
+__all__ = ["RULE_STEP", "RULES", "Rule", "RuleOptions", "ZERO_A_INITS", "check_unused_options", "get_rule", "register_rule",
            "row_coefficients"]

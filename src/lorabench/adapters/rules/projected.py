@@ -1,4 +1,4 @@
-"""Rules that project the full-weight gradient onto the low-rank update: lora_pro, altlora.
+"""LoRA-Pro, and the projections it shares with AltLoRA (``altlora.py``).
 
 Both see G = dL/dW only through the LoRA gradients g_A = s B^T G (r, in) and g_B = s G A^T
 (out, r), and solve r x r systems in fp32 (fp64 for fp64 factors) with a small ridge on
@@ -13,24 +13,24 @@ from ...errors import check
 from .rule import Rule, register_rule
 
 
-def _gram(M: torch.Tensor, ridge: float, rows: bool) -> torch.Tensor:
+def gram(M: torch.Tensor, ridge: float, rows: bool) -> torch.Tensor:
     """M M^T (rows) or M^T M, plus ridge * I: (r, r)."""
     G = M @ M.T if rows else M.T @ M
     return G + ridge * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def project_A(g_A: torch.Tensor, B: torch.Tensor, s: float, ridge: float) -> torch.Tensor:
     """(B^T B)^-1 g_A / s^2, (r, in): for g_A = s B^T G the X minimising ||s B X - G||_F."""
-    return torch.linalg.solve(_gram(B, ridge, rows=False), g_A) / s**2
+    return torch.linalg.solve(gram(B, ridge, rows=False), g_A) / s**2
 
 
 def project_B(g_B: torch.Tensor, A: torch.Tensor, s: float, ridge: float) -> torch.Tensor:
     """g_B (A A^T)^-1 / s^2, (out, r): for g_B = s G A^T the Y minimising ||s Y A - G||_F."""
-    return torch.linalg.solve(_gram(A, ridge, rows=True), g_B.T).T / s**2
+    return torch.linalg.solve(gram(A, ridge, rows=True), g_B.T).T / s**2
 
 
 def solve_sylvester(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -41,23 +41,38 @@ def solve_sylvester(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor) -> torch.
     return U @ ((U.T @ C @ V) / (p[:, None] + q[None, :])) @ V.T
 
 
+def _pro_parts(A, B, g_A, g_B, s, ridge):
+    """(B^T B)^-1 g_A / s^2 and (I - P_B) g_B (A A^T)^-1 / s^2, the gram matrices; compute dtype."""
+    BtB, AAt = gram(B, ridge, rows=False), gram(A, ridge, rows=True)
+    gA = project_A(g_A, B, s, ridge)  # (r, in)
+    gB = project_B(g_B, A, s, ridge)  # (out, r)
+    gB = gB - B @ torch.linalg.solve(BtB, B.T @ gB)  # (I - B (B^T B)^-1 B^T) g_B (A A^T)^-1 / s^2
+    return gA, gB, BtB, AAt
+
+
 def lora_pro_gradients(A, B, g_A, g_B, s: float, ridge: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """LoRA-Pro's adjusted (g_A', g_B'), in the compute dtype (Theorems 2 and 3 of the paper).
 
     s (B g_A' + g_B' A) = P_B G + (I - P_B) G P_A is the projection of G onto {s (B X + Y A)};
     the Sylvester solution X (which cancels in that sum) keeps g_A', g_B' closest to g_A, g_B.
     """
-    dt = _compute_dtype(A)
+    dt = compute_dtype(A)
     A, B, g_A, g_B = (t.detach().to(dt) for t in (A, B, g_A, g_B))
-    BtB, AAt = _gram(B, ridge, rows=False), _gram(A, ridge, rows=True)
-    gA = project_A(g_A, B, s, ridge)  # (r, in)
-    gB = project_B(g_B, A, s, ridge)  # (out, r)
-    gB = gB - B @ torch.linalg.solve(BtB, B.T @ gB)  # (I - B (B^T B)^-1 B^T) g_B (A A^T)^-1 / s^2
+    gA, gB, BtB, AAt = _pro_parts(A, B, g_A, g_B, s, ridge)
     X = solve_sylvester(BtB, AAt, -gA @ A.T)  # (r, r): B^T B X + X A A^T = -(B^T B)^-1 g_A A^T / s^2
     return gA + X @ A, gB - B @ X
 
 
-class _FullProduct(Rule):
+def equivalent_gradient(A, B, g_A, g_B, s: float, ridge: float = 1e-8) -> torch.Tensor:
+    """s (B g_A' + g_B' A), (out, in): the full-weight gradient LoRA-Pro's adjusted factors stand for,
+    the projection P_B G + (I - P_B) G P_A of G onto the rank-r tangent space (X cancels)."""
+    dt = compute_dtype(A)
+    A, B, g_A, g_B = (t.detach().to(dt) for t in (A, B, g_A, g_B))
+    gA, gB, _, _ = _pro_parts(A, B, g_A, g_B, s, ridge)
+    return s * (B @ gA + gB @ A)
+
+
+class FullProduct(Rule):
     """Rules that reason about the whole update s B A: a rank that changes per step breaks them."""
 
     @classmethod
@@ -71,117 +86,85 @@ class _FullProduct(Rule):
 
 
 @register_rule("lora_pro")
-class LoRAPro(_FullProduct):
-    """LoRA-Pro: Are Low-Rank Adapters Properly Optimized? Wang, Liang et al. 2024, arXiv 2407.18242.
+class LoRAPro(FullProduct):
+    """LoRA-Pro: Are Low-Rank Adapters Properly Optimized? Wang, Liang, He, Wang & Tan 2024 (ICLR 2025),
+    arXiv 2407.18242. Official code: github.com/mrflogs/LoRA-Pro, the Adam step built into DeepSpeed,
+    DeepSpeed-0.15.1/deepspeed/runtime/zero/stage_1_and_2.py (``lorapro_full_adjustment``, ~l. 1828-1895).
 
         g_A' = (B^T B)^-1 g_A / s^2 + X A,   g_B' = (I - B (B^T B)^-1 B^T) g_B (A A^T)^-1 / s^2 - B X,
-        with X solving  B^T B X + X A A^T = -(B^T B)^-1 g_A A^T / s^2
+        with X solving  B^T B X + X A A^T = -(B^T B)^-1 g_A A^T / s^2   (Theorems 2, 3)
 
-    From Alg. 2 this implements the gradient adjustment: g_A', g_B' replace the gradients, so an
-    SGD step on A, B moves W by -lr times the best approximation of the full gradient (to first
-    order). Not implemented: Alg. 2's Adam moments of the full (out, in) equivalent gradient
-    (out x in memory per layer); lorabench's AdamW steps A and B on the adjusted gradients.
+    ``pro_moments="full"`` (default; the paper's Algorithm 2 and the official optimizer), every step:
+
+        g~ = s (B g_A' + g_B' A)  (out, in), the equivalent gradient: P_B G + (I - P_B) G P_A
+        M <- b1 M + (1 - b1) g~,  V <- b2 V + (1 - b2) g~^2,  g^ = (M / (1 - b1^t)) / (sqrt(V / (1 - b2^t)) + eps)
+        (d_A, d_B) = the adjusted gradients above for the LoRA gradients of g^, (s B^T g^, s g^ A^T)
+        A <- A - lr (d_A + wd A),  B <- B - lr (d_B + wd B)   (plain steps: the official runs use optim="sgd")
+
+    so s B A moves by -lr times the projection of a full fine-tuning Adam step (to first order). M and
+    V hold out x in values each per layer (the paper's memory cost; fp32), b1, b2, eps = 0.9, 0.999,
+    1e-8 (the official constants, AdamW's defaults). Like AdamW's moments they are not saved with
+    the adapter. The rule steps A and B itself (``steps_itself``), with the run's lr schedule.
+    Deviations from the official code: its bias correction uses t + 1 (its step counter is raised
+    before the adjustment; lorabench uses t, as Algorithm 2), it keeps V in bf16, it hard-codes
+    s = 16 / 8 (lorabench reads the adapter's scale), and it clips the adjusted gradient by the raw
+    gradient's norm (lorabench's loop clips the raw gradients before the rule).
+
+    ``pro_moments="factors"``: only the gradient adjustment; AdamW steps A and B on g_A', g_B'
+    (element-wise moments of the factors: r (in + out) state, not the paper's update; lorabench's
+    lora_pro before issue 14).
     """
 
-    description = ("LoRA-Pro: A, B gradients adjusted so s(B gA + gB A) best approximates the full gradient "
-                   "(Wang, Liang et al. 2024, arXiv 2407.18242)")
+    description = ("LoRA-Pro: A, B gradients adjusted so s(B gA + gB A) best approximates the full gradient, "
+                   "Adam moments of that out x in gradient per layer (pro_moments='full', the paper's Alg. 2; "
+                   "'factors' = AdamW on the adjusted gA, gB) (Wang, Liang et al. 2024, arXiv 2407.18242)")
+    options = ("pro_moments",)
     ridge = 1e-8  # the official code's delta
+    betas, eps = (0.9, 0.999), 1e-8  # the official code's Adam constants
+
+    def __init__(self, opts):
+        super().__init__(opts)
+        self.t = 0
+        self.exp_avg: torch.Tensor | None = None  # (out, in)
+        self.exp_avg_sq: torch.Tensor | None = None  # (out, in)
+
+    @property
+    def steps_itself(self) -> bool:
+        return self.opts.pro_moments == "full"
+
+    def param_groups(self, adapter, lr, weight_decay):
+        groups = super().param_groups(adapter, lr, weight_decay)
+        return self.own_groups(adapter, groups) if self.steps_itself else groups
 
     @torch.no_grad()
     def before_step(self, adapter):
         A, B = adapter.factors()["A"], adapter.factors()["B"]
         if A.grad is None or B.grad is None:
+            return
+        if self.steps_itself:
+            self.pending(adapter)  # the update itself happens in step(), inside optimizer.step()
             return
         g_A, g_B = lora_pro_gradients(A, B, A.grad, B.grad, adapter.scale, self.ridge)
         A.grad.copy_(g_A)
         B.grad.copy_(g_B)
 
-
-@register_rule("altlora")
-class AltLoRA(_FullProduct):
-    """AltLoRA: Towards Better Gradient Approximation in Low-Rank Adaptation with Alternating
-    Projections. Yu, Wang, Chen & Xue 2025, arXiv 2505.12455.
-
-        odd steps  (B): m_B <- beta m_B (A' A^T (A A^T)^-1) + (1 - beta) g_B (A A^T)^-1 / s^2
-        even steps (A): m_A <- beta ((B^T B)^-1 B^T B') m_A + (1 - beta) (B^T B)^-1 g_A / s^2
-
-    One factor per step, with the least-squares projection of the full gradient onto it (the
-    other held fixed); momentum lives in the low-rank space (r x in, out x r) and is carried into
-    the current basis (A', B': the other factor when this one last stepped). The bias-corrected
-    momentum m / (1 - beta^k) becomes the factor's gradient and the other factor's gradient is
-    dropped, so AdamW leaves it alone (no step, no decay). B goes first: with the default B = 0,
-    A's gradient s B^T G is 0 until B has moved. AdamW runs with beta1 = 0 on A and B, so it
-    adds only its elementwise second-moment scaling (like AltLoRA+, Alg. 2, but of the momentum
-    rather than the projected gradient). Its state (step count, momenta, bases) is per layer and
-    saved with the adapter, so a reloaded adapter continues the same alternation.
-    """
-
-    description = ("AltLoRA: A and B updated on alternate steps with projected gradients and low-rank "
-                   "momentum (Yu, Wang, Chen & Xue 2025, arXiv 2505.12455)")
-    options = ("alt_beta",)
-    ridge = 1e-5  # the official runs' reg
-    betas = (0.0, 0.999)  # AdamW's for A and B: the rule keeps the first moment itself
-
-    def __init__(self, opts):
-        super().__init__(opts)
-        self.steps = 0  # optimizer steps seen (with finite gradients)
-        self.momentum: dict[str, torch.Tensor] = {}  # "A": (r, in), "B": (out, r)
-        self.basis: dict[str, torch.Tensor] = {}  # the other factor when this one last stepped
-        self.count = {"A": 0, "B": 0}
-
-    def param_groups(self, adapter, lr, weight_decay):
-        ids = {id(p) for p in adapter.factors().values()}
-        groups = []
-        for g in super().param_groups(adapter, lr, weight_decay):
-            rest = [p for p in g["params"] if id(p) not in ids]
-            mine = [p for p in g["params"] if id(p) in ids]
-            groups += [{**g, "params": rest}] if rest else []
-            groups += [{**g, "params": mine, "betas": self.betas}] if mine else []
-        return groups
-
-    def role(self) -> str:
-        """The factor the next step updates: B on odd steps (1, 3, ...), A on even ones."""
-        return "B" if self.steps % 2 == 0 else "A"
-
     @torch.no_grad()
-    def before_step(self, adapter):
-        A, B = adapter.factors()["A"], adapter.factors()["B"]
-        if A.grad is None or B.grad is None:
-            return
+    def step(self, adapter, lr, weight_decay):
+        A, B, s = adapter.factors()["A"], adapter.factors()["B"], adapter.scale
         if not (torch.isfinite(A.grad).all() and torch.isfinite(B.grad).all()):
-            return  # an fp16 overflow: GradScaler skips this step, so the momentum must not see it
-        role, beta, s = self.role(), self.opts.alt_beta, adapter.scale
-        dt = _compute_dtype(A)
+            return  # an fp16 overflow: no step, and the moments must not see it
+        g = equivalent_gradient(A, B, A.grad, B.grad, s, self.ridge)  # (out, in)
+        (b1, b2), dt = self.betas, g.dtype
+        if self.exp_avg is None:
+            self.exp_avg, self.exp_avg_sq = torch.zeros_like(g), torch.zeros_like(g)
+        self.t += 1
+        self.exp_avg.lerp_(g, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (self.exp_avg_sq / (1 - b2**self.t)).sqrt_().add_(self.eps)
+        adam = (self.exp_avg / (1 - b1**self.t)) / denom  # (out, in): the full-FT Adam direction
         Af, Bf = A.detach().to(dt), B.detach().to(dt)
-        if role == "B":
-            g = project_B(B.grad.to(dt), Af, s, self.ridge)  # (out, r)
-            if "B" in self.momentum:  # carry m_B from the old A' to the current A
-                carry = torch.linalg.solve(_gram(Af, self.ridge, rows=True), Af @ self.basis["B"].T).T  # (r, r)
-                g = beta * self.momentum["B"] @ carry + (1 - beta) * g
-            else:
-                g = (1 - beta) * g
-            self.basis["B"], stepped, other = Af.clone(), B, A
-        else:
-            g = project_A(A.grad.to(dt), Bf, s, self.ridge)  # (r, in)
-            if "A" in self.momentum:  # carry m_A from the old B' to the current B
-                carry = torch.linalg.solve(_gram(Bf, self.ridge, rows=False), Bf.T @ self.basis["A"])  # (r, r)
-                g = beta * carry @ self.momentum["A"] + (1 - beta) * g
-            else:
-                g = (1 - beta) * g
-            self.basis["A"], stepped, other = Bf.clone(), A, B
-        self.momentum[role] = g
-        self.count[role] += 1
-        stepped.grad.copy_(g / (1 - beta ** self.count[role]))
-        other.grad = None
-        self.steps += 1
-
-    def state_dict(self):
-        state = {"steps": torch.tensor(self.steps), **{f"count_{k}": torch.tensor(n) for k, n in self.count.items()}}
-        state |= {f"momentum_{k}": m for k, m in self.momentum.items()}
-        return state | {f"basis_{k}": b for k, b in self.basis.items()}
-
-    def load_state_dict(self, state):
-        self.steps = int(state["steps"])
-        self.count = {k: int(state[f"count_{k}"]) for k in ("A", "B")}
-        self.momentum = {k: state[f"momentum_{k}"] for k in ("A", "B") if f"momentum_{k}" in state}
-        self.basis = {k: state[f"basis_{k}"] for k in ("A", "B") if f"basis_{k}" in state}
+        d_A, d_B = lora_pro_gradients(Af, Bf, s * Bf.T @ adam, s * adam @ Af.T, s, self.ridge)
+        for p, d in ((A, d_A), (B, d_B)):
+            if weight_decay:
+                p.mul_(1 - lr * weight_decay)
+            p.add_(d.to(p.dtype), alpha=-float(lr))
