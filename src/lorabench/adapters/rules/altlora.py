@@ -62,16 +62,8 @@ class AltLoRA(FullProduct):
 
     def param_groups(self, adapter, lr, weight_decay):
         groups = super().param_groups(adapter, lr, weight_decay)
-        if self.steps_itself:
-            return self.own_groups(adapter, groups)
-        ids = {id(p) for p in adapter.factors().values()}
-        out = []
-        for g in groups:
-            rest = [p for p in g["params"] if id(p) not in ids]
-            mine = [p for p in g["params"] if id(p) in ids]
-            out += [{**g, "params": rest}] if rest else []
-            out += [{**g, "params": mine, "betas": self.betas}] if mine else []
-        return out
+        # its own step (Algorithm 1): the RULE_STEP mark; else AdamW with beta1 = 0 on the momentum
+        return self.own_groups(adapter, groups, **({} if self.steps_itself else {"betas": self.betas}))
 
     def role(self) -> str:
         """The factor the next "alternate" step updates: B on odd steps (1, 3, ...), A on even ones."""

@@ -138,16 +138,17 @@ class Rule:
         ``.grad`` None so that the optimizer does not step them again."""
         raise NotImplementedError
 
-    def own_groups(self, adapter, groups: list[dict]) -> list[dict]:
-        """``groups`` with the factors A, B split off into one group marked ``RULE_STEP`` (for
-        ``steps_itself`` rules' ``param_groups``)."""
+    def own_groups(self, adapter, groups: list[dict], **marks: Any) -> list[dict]:
+        """``groups`` with the factors A, B split off into one group carrying ``marks`` (default: the
+        ``RULE_STEP`` mark of ``steps_itself`` rules' ``param_groups``)."""
+        marks = marks or {RULE_STEP: True}
         ids = {id(p) for p in adapter.factors().values()}
         out = []
         for g in groups:
             rest = [p for p in g["params"] if id(p) not in ids]
             mine = [p for p in g["params"] if id(p) in ids]
             out += [{**g, "params": rest}] if rest else []
-            out += [{**g, "params": mine, RULE_STEP: True}] if mine else []
+            out += [{**g, "params": mine, **marks}] if mine else []
         return out
 
     def pending(self, adapter) -> None:
