@@ -106,7 +106,7 @@ class LoRAPro(FullProduct):
     1e-8 (the official constants, AdamW's defaults). Like AdamW's moments they are not saved with
     the adapter. The rule steps A and B itself (``steps_itself``), with the run's lr schedule.
     Deviations from the official code: its bias correction uses t + 1 (its step counter is raised
-    before the adjustment; lorabench uses t, as Algorithm 2), it keeps V in bf16, it hard-codes
+    before the adjustment; lorabench uses t, as Adam does), it adds the squares to V in bf16, it hard-codes
     s = 16 / 8 (lorabench reads the adapter's scale), and it clips the adjusted gradient by the raw
     gradient's norm (lorabench's loop clips the raw gradients before the rule).
 
