@@ -102,12 +102,9 @@ class AltLoRA(FullProduct):
 
     @torch.no_grad()
     def before_step(self, adapter):
+        if self.defer(adapter):
+            return
         A, B = adapter.factors()["A"], adapter.factors()["B"]
-        if A.grad is None or B.grad is None:
-            return
-        if self.steps_itself:
-            self.pending(adapter)  # the update happens in step(), inside optimizer.step()
-            return
         if not self._finite(adapter):
             return  # an fp16 overflow: GradScaler skips this step, so the momentum must not see it
         role = self.role()

@@ -84,6 +84,17 @@ class FullProduct(Rule):
             "a different rank each step; use optimizer='adamw' or 'lora_plus' with it, or variant='lora'",
         )
 
+    def defer(self, adapter) -> bool:
+        """The start of ``before_step``: True when there is nothing to do now (no gradients yet), or
+        when the rule's own ``step`` moves the factors (``steps_itself``: marked pending for it)."""
+        factors = adapter.factors()
+        if factors["A"].grad is None or factors["B"].grad is None:
+            return True
+        if self.steps_itself:
+            self.pending(adapter)  # the update happens in step(), inside optimizer.step()
+            return True
+        return False
+
 
 @register_rule("lora_pro")
 class LoRAPro(FullProduct):
@@ -138,12 +149,9 @@ class LoRAPro(FullProduct):
 
     @torch.no_grad()
     def before_step(self, adapter):
+        if self.defer(adapter):
+            return
         A, B = adapter.factors()["A"], adapter.factors()["B"]
-        if A.grad is None or B.grad is None:
-            return
-        if self.steps_itself:
-            self.pending(adapter)  # the update itself happens in step(), inside optimizer.step()
-            return
         g_A, g_B = lora_pro_gradients(A, B, A.grad, B.grad, adapter.scale, self.ridge)
         A.grad.copy_(g_A)
         B.grad.copy_(g_B)
