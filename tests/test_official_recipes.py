@@ -17,27 +17,10 @@ import lorabench
 from lorabench.adapters import VariantError, get
 from lorabench.inject import adapted_layers
 
+from helpers_rules import first_adapter, single_layer
 from conftest import build_model, make_batch, outputs, train_steps
 
 TARGETS = ["query", "value", "dense"]
-
-
-def first_adapter(model):
-    return next(iter(adapted_layers(model)))[1].adapter
-
-
-def linear_layer(optimizer: str, r: int = 2, alpha: float = 4.0, seed: int = 0, **opts):
-    """nn.Linear(5 -> 6) in float64 with a LoRA whose A and B are random, and a loss
-    L = sum(C * y) whose full-weight gradient G = C^T x does not depend on the weights."""
-    torch.manual_seed(seed)
-    model = lorabench.apply(nn.Sequential(nn.Linear(5, 6)), "lora", targets=["0"], r=r, alpha=alpha,
-                            optimizer=optimizer, **opts).double()
-    v = first_adapter(model)
-    with torch.no_grad():
-        v.lora_A.normal_()
-        v.lora_B.normal_()
-    x, C = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
-    return model, v, x, C, C.T @ x
 
 
 def step(model, opt, x, C):
@@ -49,7 +32,7 @@ def step(model, opt, x, C):
 
 # ---- LoRA-Pro: mrflogs/LoRA-Pro, DeepSpeed-0.15.1/deepspeed/runtime/zero/stage_1_and_2.py ----------
 def test_lora_pro_default_is_adam_on_the_full_equivalent_gradient_reprojected_each_step():
-    model, v, x, C, G = linear_layer("lora_pro")
+    model, v, x, C, G = single_layer("lora_pro")
     s, lrs = v.scale, [1e-2, 2e-2, 5e-3]  # a schedule: the rule must step with the group's current lr
     opt = torch.optim.AdamW(lorabench.param_groups(model, lr=1.0))  # any optimizer: the rule moves A, B
     eye = torch.eye(6, dtype=G.dtype)
@@ -77,7 +60,7 @@ def test_lora_pro_default_is_adam_on_the_full_equivalent_gradient_reprojected_ea
 
 
 def test_lora_pro_factors_option_is_adamw_on_the_adjusted_gradients():
-    model, v, x, C, G = linear_layer("lora_pro", pro_moments="factors")
+    model, v, x, C, G = single_layer("lora_pro", pro_moments="factors")
     groups = lorabench.param_groups(model, lr=1e-2)
     assert not any(g.get("lorabench_rule_step") for g in groups)
     opt = torch.optim.AdamW(groups)
@@ -86,7 +69,7 @@ def test_lora_pro_factors_option_is_adamw_on_the_adjusted_gradients():
 
 
 def test_rules_that_step_themselves_refuse_an_optimizer_step_without_before_step():
-    model, v, x, C, G = linear_layer("lora_pro")
+    model, v, x, C, G = single_layer("lora_pro")
     opt = torch.optim.SGD(lorabench.param_groups(model, lr=1e-2))
     (model(x) * C).sum().backward()
     with pytest.raises(VariantError, match="before_step"):
@@ -107,7 +90,7 @@ def test_lora_pro_trains_from_the_zero_init_of_b_in_the_training_loop():
 # ---- AltLoRA: LucasXinYu/AltLoRA, optimizer_new.py (class altlora), logtrainer.py, main_lora.py -----
 def test_altlora_default_updates_a_then_b_every_step_with_plain_momentum_steps():
     beta, reg, lr = 0.9, 1e-5, 0.05
-    model, v, x, C, G = linear_layer("altlora")
+    model, v, x, C, G = single_layer("altlora")
     s = v.scale
     opt = torch.optim.SGD(lorabench.param_groups(model, lr=lr))
     I2 = torch.eye(2, dtype=G.dtype)

@@ -8,40 +8,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import lorabench
 from lorabench.adapters import VariantError, get
 from lorabench.adapters.rules.projected import lora_pro_gradients
 from lorabench.inject import adapted_layers
 
+from helpers_rules import first_adapter, single_layer
 from conftest import build_model, make_batch, outputs, train_steps
 
 TARGETS = ["query", "value", "dense"]
 
 
-def first_adapter(model):
-    return next(iter(adapted_layers(model)))[1].adapter
-
-
 def group_of(groups, p) -> dict:
     (g,) = [g for g in groups if any(q is p for q in g["params"])]
     return g
-
-
-# ---- a single linear layer with a known full-weight gradient G ------------------------------
-def single_layer(optimizer: str, r: int = 2, alpha: float = 4.0, seed: int = 0, **opts):
-    """nn.Linear(5 -> 6) in float64 with a LoRA whose A and B are both random, and a loss
-    L = sum(C * y) whose full-weight gradient is G = C^T x (out, in)."""
-    torch.manual_seed(seed)
-    model = lorabench.apply(nn.Sequential(nn.Linear(5, 6)), "lora", targets=["0"], r=r, alpha=alpha,
-                            optimizer=optimizer, **opts).double()
-    v = first_adapter(model)
-    with torch.no_grad():
-        v.lora_A.normal_()
-        v.lora_B.normal_()
-    x, C = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
-    return model, v, x, C, C.T @ x
 
 
 def lowrank_projection(G, A=None, B=None, s: float = 1.0) -> torch.Tensor:
