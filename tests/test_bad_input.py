@@ -234,6 +234,14 @@ CASES = [
          ("variants.lora: 'seed' cannot be a grid", "top level", "seeds: [0, 1, 2]")),
     Case("report-empty-folder", lambda tmp, out, fx: ["report", str(empty_folder(tmp)), "--out", str(out)],
          ("no lorabench results", "--out folder of a sweep")),
+    Case("data-revision-with-data-dir", train(*MINILM, "--data-revision", "main", "--data-dir", str(GLUE)),
+         ("--data-revision 'main' pins the hub dataset", "pass one of them")),
+    Case("sweep-task-folder-without-dev-file", lambda tmp, out, fx: [
+        "sweep", str(yaml_file(tmp, "variants: {lora: {}}\n", "s.yaml")), "--out", str(out),
+        "--data-dir", str(glue_folder(tmp, "SST-2", SST2_DEV))],
+         ("variants.lora (task sst2): missing GLUE file", "SST-2/dev.tsv")),
+    Case("report-two-results-under-one-id", lambda tmp, out, fx: ["report", str(one_id_two_data(tmp)), "--out", str(out)],
+         ("are both run", "record different data", "move one of them out")),
     Case("report-out-is-a-file", lambda tmp, out, fx: ["report", str(FIXTURES), "--out", str(yaml_file(tmp, "x", "f"))],
          ("is a file, not a folder", "pass a folder")),
 ]
@@ -257,6 +265,23 @@ def binary_train_file(tmp: Path) -> Path:
     folder = glue_folder(tmp, "SST-2", "", SST2_DEV)
     (folder / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\n\x89PNG\r\n\x1a\n\xff\xfe\x00")
     return folder
+
+
+def one_id_two_data(tmp: Path) -> Path:
+    """Two results that claim one run id but record different train files."""
+    from lorabench import ids, results
+    from lorabench.config import RunConfig
+
+    config = RunConfig.from_dict({}).resolved()
+    rid = None
+    for name, digit in (("a", "1"), ("b", "2")):
+        data = {"source": "folder", "files": {"train": "sha256:" + digit * 64, "validation": "sha256:" + "0" * 64}}
+        rid = rid or ids.run_id(config, data)  # b claims a's id
+        r = results.new_result(rid, config, data=data, primary_metric="accuracy", env={}, started_at=results.now(),
+                               status="ok")
+        (tmp / "runs" / name).mkdir(parents=True)
+        results.write_json_atomic(tmp / "runs" / name / f"run-{rid}.json", r)
+    return tmp / "runs"
 
 
 def empty_folder(tmp: Path) -> Path:

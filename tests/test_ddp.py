@@ -124,7 +124,7 @@ def test_two_processes_match_one_process(tmp_path):
     two = json.loads(next((tmp_path / "two").glob("*.json")).read_text())
     assert results.validate(two) is None and two["status"] == "ok"
     assert two["config"]["num_processes"] == 2 and "num_processes" not in one["config"]
-    assert two["run_id"] != one["run_id"] and two["run_id"] == results.run_id(two["config"])
+    assert two["run_id"] != one["run_id"] and two["run_id"] == results.expected_id(two)
 
     # the same global batch (32, split 16 + 16), the same steps and the same examples
     assert two["steps"] == one["steps"] and two["steps"]["done"] == 8

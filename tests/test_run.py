@@ -15,6 +15,7 @@ import pytest
 import lorabench
 from lorabench import results
 from lorabench.data import get_task
+from lorabench.data.fingerprint import file_sha256
 
 GLUE = Path(__file__).resolve().parents[2] / "shared/data/glue"
 needs_glue = pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason=f"GLUE data not found at {GLUE}")
@@ -53,8 +54,10 @@ def test_train_minilm_end_to_end(tmp_path, capsys):
                                 "budget_bytes", "micro_batch_size", "grad_accum_steps"}
     assert set(a["env"]) >= {"device_name", "python", "torch", "transformers", "lorabench", "git_rev"}
     assert a["status"] == "ok" and a["task"] == "sst2" and a["variant"] == "lora" and a["model"] == "minilm"
-    assert a["run_id"] == results.run_id(a["config"])
+    assert a["run_id"] == results.expected_id(a) == results.run_id(a["config"], results.planned_data(a))
     assert a["primary_metric"] == "accuracy"
+    assert a["data"]["source"] == "folder" and a["data"]["files"]["train"] == file_sha256(GLUE / "SST-2/train.tsv")
+    assert {s: e["count"] for s, e in a["data"]["examples"].items()} == {"train": 256, "validation": 64}
     assert set(a["best"]["metrics"]["validation"]) == {"accuracy", "f1_macro"}
     assert len(a["history"]) == 2 and a["history"][-1]["step"] == 16
     assert 0 < a["params"]["trainable"] < a["params"]["total"]

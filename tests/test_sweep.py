@@ -85,7 +85,7 @@ def test_expansion_order_precedence_and_overrides(tmp_path):
     assert {c.lr for c in rte if c.variant == "lora"} == {5e-4, 1e-3}
     assert {c.variant_options()["lr_ratio"] for c in rte if c.variant == "lora_plus"} == {4.0, 16.0}
     assert all(r.config.train_limit == 64 and r.config.out == str(tmp_path / "out") for r in s.runs)  # CLI wins
-    assert all(r.run_id == results.run_id(r.config.resolved()) for r in s.runs)
+    assert all(r.run_id == results.run_id(r.config.resolved(), r.config.data_fingerprint()) for r in s.runs)
     assert any("unequal tuning budget" in n for n in s.notes)
     # CLI axes replace the file's
     s2 = sweep.load_sweep(write(tmp_path, spec), {"seeds": [5]}, only_variants=["dora"], only_tasks=["rte"])

@@ -90,7 +90,10 @@ def test_task_resources_and_portable_paths(tmp_path, monkeypatch, capsys, gpus, 
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.chdir(tmp_path)
     path = write_sweep(tmp_path)
-    (tmp_path / "glue").mkdir()  # relative flags: resolved against this working directory
+    sst2 = tmp_path / "glue" / "SST-2"  # relative flags: resolved against this working directory
+    sst2.mkdir(parents=True)  # the run ids hash these files (the sweep reads no more than that here)
+    for name in ("train.tsv", "dev.tsv"):
+        (sst2 / name).write_text("sentence\tlabel\ngood\t1\n")
     assert cli.main(["sweep", path.name, "--backend", "ray", "--cpus-per-run", "3", "--out", "rel",
                      "--data-dir", "glue", "--quiet"]) == 0
     assert fake.options == [{"num_cpus": 3, "num_gpus": expected, "max_retries": 0}]
@@ -99,7 +102,7 @@ def test_task_resources_and_portable_paths(tmp_path, monkeypatch, capsys, gpus, 
     for fn, (config, rid, out) in fake.submitted:
         assert fn is sweep_ray.run_task and out == str(tmp_path / "rel")  # a worker's cwd is not ours
         assert config["out"] == out and config["data_dir"] == str(tmp_path / "glue") and config["quiet"] is True
-        assert results.run_id(RunConfig.from_dict(config).resolved()) == rid  # the same run, the same id
+        assert RunConfig.from_dict(config).run_id() == rid  # the same run, the same id
     assert "2 ok" in capsys.readouterr().out
 
 

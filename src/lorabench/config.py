@@ -21,7 +21,8 @@ from typing import Any
 from . import units
 from .adapters import registry
 from .choices import HEADS, POOLINGS, PRECISIONS, QUANT_TYPES
-from .data.glue import get_task
+from .data.fingerprint import fingerprint_of
+from .data.glue import get_task, locate
 from .errors import ConfigError, DataError, VariantError
 from .ids import canonical, run_id
 from .yamlio import YAMLLoader, load_yaml, parse_yaml  # noqa: F401  (config.load_yaml: read a run file)
@@ -113,8 +114,12 @@ class RunConfig:
                                     "batch_size / N of every batch, so the global batch is the single-process "
                                     "run's. In the run id only when > 1", group=_RES, metavar="N")
     # ---- input and output -----------------------------------------------------------
-    data_dir: str | None = setting(None, "GLUE folder (one sub-folder per task); unset: the hub", group=_IO,
+    data_dir: str | None = setting(None, "GLUE folder (one sub-folder per task); unset: $LORABENCH_GLUE_DIR, "
+                                         "./glue_data, ../shared/data/glue, then the hub", group=_IO,
                                    hashed=False, hyperparameter=False)
+    data_revision: str | None = setting(None, "read GLUE from the hub at this revision (commit, tag or branch) "
+                                              "instead of a folder; pins the run id to that version",
+                                        group=_IO, metavar="REV", hashed=False, hyperparameter=False)
     out: str = setting("runs", "folder for the result JSON (and the adapter)", group=_IO, metavar="DIR",
                        hashed=False, hyperparameter=False)
     save_adapter: bool = setting(False, "also save the trained adapter next to the result", group=_IO,
@@ -247,8 +252,14 @@ class RunConfig:
             del out["num_processes"]
         return out
 
-    def run_id(self) -> str:
-        return run_id(self.resolved())
+    def data_fingerprint(self) -> dict[str, Any]:
+        """What data the run reads (``data.fingerprint``): the checksums of its split files, or the
+        hub dataset and revision. Hashed into the run id with ``resolved()``, recorded as ``data``."""
+        return fingerprint_of(locate(self.data_dir, self.task, self.data_revision), get_task(self.task))
+
+    def run_id(self, data: dict[str, Any] | None = None) -> str:
+        """sha256 of the resolved config and the data fingerprint (computed when not given)."""
+        return run_id(self.resolved(), self.data_fingerprint() if data is None else data)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as given (round-trips through ``from_dict``)."""

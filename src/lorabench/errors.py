@@ -23,6 +23,10 @@ class DataError(ValueError):
     """Missing, malformed or unknown data. The message names the problem and the fix."""
 
 
+class ReportError(DataError):
+    """Results that cannot be reported together (two different runs under one run id)."""
+
+
 class PromptError(DataError):
     """No prompt for this task, or the task's labels disagree with the label words."""
 

@@ -25,14 +25,14 @@ Definitions.
 
 from __future__ import annotations
 
-import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import results
+from . import provenance, results
+from .data.fingerprint import short
 from .config import NOT_HYPERPARAMETERS
 from .stats import paired_t_test, t_two_sided_p  # noqa: F401  (report.paired_t_test: part of its face)
 from .tables import (
@@ -128,31 +128,20 @@ def _flatten(config: dict) -> dict:
     return flat
 
 
-def _metric(result: dict, where: str) -> tuple[float | None, str]:
-    name = result.get("primary_metric")
-    splits = ((result.get(where) or {}).get("metrics") or {})
-    first = next(iter(splits.values()), {}) if splits else {}
-    value = first.get(name) if isinstance(first, dict) else None
-    return (float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None), name
-
-
-def _history(result: dict) -> list[tuple[int, float]]:
-    name, out = result.get("primary_metric"), []
-    for h in result.get("history") or []:
-        metrics = h.get("metrics") or {}
-        first = next(iter(metrics.values()), {}) if metrics else {}
-        if isinstance(first, dict) and isinstance(first.get(name), (int, float)):
-            out.append((int(h.get("step") or 0), float(first[name])))
-    return out
-
-
-def load_runs(folder: str | Path, metric_from: str = "best") -> list[Run]:
-    """Every lorabench result under ``folder``; foreign or corrupt JSON is skipped with a warning."""
+def load_runs(folder: str | Path, metric_from: str = "best", notes: list[str] | None = None) -> list[Run]:
+    """Every lorabench result under ``folder``, one per run id (``provenance.one_per_id``; its notes
+    and ``data_notes`` go to ``notes`` and to warnings); foreign or corrupt JSON is skipped with a warning."""
+    found, flagged = provenance.one_per_id(results.load_results(folder, warn=True))
+    for note in flagged + provenance.data_notes(found):
+        warnings.warn(note, stacklevel=2)
+        if notes is not None:
+            notes.append(note)
     runs = []
-    for path, r in results.load_results(folder, warn=True):
+    for path, r in found:
         config = r["config"] if isinstance(r["config"], dict) else {}
-        flat = _flatten(config) | {"model": r["model"], "task": r["task"], "variant": r["variant"]}
-        metric, name = _metric(r, metric_from) if r["status"] == "ok" else (None, r.get("primary_metric"))
+        flat = _flatten(config) | {"model": r["model"], "task": r["task"], "variant": r["variant"],
+                                   "data": short(r.get("data"))}
+        metric, name = results.metric_of(r, metric_from) if r["status"] == "ok" else (None, r.get("primary_metric"))
         if r["status"] == "ok" and metric is None:
             warnings.warn(f"{path}: status ok but no {name!r} on a dev split in {metric_from!r}; counted as failed",
                           stacklevel=2)
@@ -162,7 +151,7 @@ def load_runs(folder: str | Path, metric_from: str = "best") -> list[Run]:
             run_id=r["run_id"], status=r["status"], model=str(r["model"]), task=str(r["task"]),
             variant=str(r["variant"]), seed=r["seed"], key=results.canonical(flat), flat=flat,
             metric_name=name, metric=metric, trainable=(r.get("params") or {}).get("trainable"),
-            train_s=(r.get("time") or {}).get("train_s"), peak_bytes=peak, history=_history(r),
+            train_s=(r.get("time") or {}).get("train_s"), peak_bytes=peak, history=results.history_of(r),
             error=r.get("error"),
         ))
     return runs
@@ -335,15 +324,17 @@ class Report:
     configs: list[Config]
     best: dict[tuple[str, str, str], Config]
     tables: dict[str, list[Table]]
+    notes: list[str] = field(default_factory=list)  # duplicate run ids, mixed data versions
 
 
 def build_report(folder: str | Path, metric_from: str = "best") -> Report:
-    runs = load_runs(folder, metric_from)
+    notes: list[str] = []
+    runs = load_runs(folder, metric_from, notes)
     configs = configurations(runs)
     best = select_best(configs)
     tables = {"best": best_tables(best), "detail": [detail_table(best, configs)],
               "hparams": hparam_tables(configs, best), "failed": [failed_table(runs)]}
-    return Report(runs, configs, best, tables)
+    return Report(runs, configs, best, tables, notes)
 
 
 def best_table_markdown(folder: str | Path) -> str:
@@ -357,7 +348,7 @@ def best_table_markdown(folder: str | Path) -> str:
 def markdown(report: Report, folder: str | Path) -> str:
     parts = [f"# lorabench report: {folder}",
              f"{len(report.runs)} runs, {len(report.configs)} configurations, "
-             f"{sum(r.status != 'ok' for r in report.runs)} not ok."]
+             f"{sum(r.status != 'ok' for r in report.runs)} not ok.", *(f"**Note:** {n}" for n in report.notes)]
     for name in ("best", "detail", "hparams", "failed"):
         parts += [to_markdown(t) for t in report.tables[name] if t.rows]
     return "\n\n".join(parts) + "\n"
@@ -367,8 +358,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, html: boo
                  metric_from: str = "best", plots: bool = True) -> list[Path]:
     """Write report.md, <table>.csv / .tex, plots/*.png|svg and (html=True) report.html into ``out``."""
     out = Path(out) if out else Path(folder) / "report"
+    report = build_report(folder, metric_from)  # refuses conflicting results before writing anything
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(folder, metric_from)
     text = markdown(report, folder)
     written = [out / "report.md"]
     written[0].write_text(text)

@@ -1,16 +1,22 @@
 """One self-describing JSON per run; tables and plots are computed from these files only.
 
-Schema (``schema_version`` 1). Keys marked * are always present.
+Schema (``schema_version`` 2). Keys marked * are always present.
 
     schema*            "lorabench-run"
-    schema_version*    1
-    run_id*            sha256 of the canonical JSON of ``config`` (first 12 hex digits)
+    schema_version*    2 (1: written before the data was part of the run id; still read)
+    run_id*            first 12 hex digits of the sha256 of the canonical JSON of ``config`` and
+                       ``data`` without ``examples`` (``ids.run_id``; schema 1: of ``config`` alone)
     status*            "ok" | "diverged" | "oom" | "error"
     error              message when status != "ok", else null
     config*            the fully resolved run config (model, task, variant, options, lr, ...)
     task*              GLUE task name, e.g. "sst2"
     variant*           registered variant name
     model*             model alias, hub id or path as given
+    data*              the data fingerprint (``lorabench.data.fingerprint``): {"source": "folder",
+                       "files": {split: "sha256:..."}} or {"source": "hub", "dataset", "config",
+                       "revision"}, plus "examples": {split: {"count": int, "sha256": str}} (what the
+                       run selected and read: training set after --train-limit, dev sets after
+                       --eval-limit; null when the run died before reading its data). Schema 2 only
     pooling            how the head reads the sequence: "cls" (the model's own head), "mean"
                        (mean of the last hidden states) or "lm" (prompt + label words)
     seed*              int
@@ -50,16 +56,17 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .data.glue import get_task
-from .errors import ConfigError, ResultWriteError
+from .errors import ConfigError, DataError, ResultWriteError
 from . import ids
 from .measure import environment
 
 SCHEMA = "lorabench-run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "oom", "error")
 #: lorabench files that live beside results and are not results themselves.
 KNOWN_OTHER_FILES = {"lorabench_adapter.json", "adapter_config.json", "sweep.json"}
 REQUIRED_KEYS = ("schema", "schema_version", "run_id", "status", "config", "task", "variant", "model", "seed")
+REQUIRED_SINCE = {"data": 2}  # keys a schema version on from this one must hold
 
 
 canonical = ids.canonical
@@ -74,16 +81,16 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_result(run_id: str, config: dict, *, primary_metric: str, env: dict, started_at: str,
+def new_result(run_id: str, config: dict, *, data: dict, primary_metric: str, env: dict, started_at: str,
                status: str = "error", error: str | None = None) -> dict[str, Any]:
     """A result with every required field and nothing measured yet; ``config`` is the resolved
-    config (``RunConfig.resolved()``). A finished run fills in what it measured; a run whose
-    process died is recorded as it stands (``failure_result``)."""
+    config (``RunConfig.resolved()``), ``data`` its data fingerprint. A finished run fills in what
+    it measured; a run whose process died is recorded as it stands (``failure_result``)."""
     empty = {"step": 0, "epoch": 0.0, "metrics": {}}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": status, "error": error,
         "config": config, "task": config["task"], "variant": config["variant"], "model": config["model"],
-        "seed": config["seed"], "primary_metric": primary_metric,
+        "data": {**data, "examples": None}, "seed": config["seed"], "primary_metric": primary_metric,
         "best": empty, "final": dict(empty), "history": [], "train_loss": [],
         "params": {"trainable": None, "total": None}, "adapter_bytes": None,
         "time": dict.fromkeys(TIME_KEYS), "memory": dict.fromkeys(MEMORY_KEYS),
@@ -96,8 +103,25 @@ def failure_result(cfg: Any, run_id: str, message: str, started_at: str) -> dict
     writing one, by the living process that started it."""
     import torch
 
-    return new_result(run_id, cfg.resolved(), primary_metric=get_task(cfg.task).primary_metric,
+    try:
+        data = cfg.data_fingerprint()
+    except DataError as e:  # the data went away since the run was planned: say so, keep the id
+        data = {"source": "unreadable", "error": str(e)}
+    return new_result(run_id, cfg.resolved(), data=data, primary_metric=get_task(cfg.task).primary_metric,
                       env=environment(torch.device("cpu")), started_at=started_at, error=message)
+
+
+def planned_data(result: dict) -> dict | None:
+    """The data fingerprint hashed into a result's id (``data`` without ``examples``); None for schema 1."""
+    data = result.get("data")
+    if result.get("schema_version", 1) < 2 or not isinstance(data, dict):
+        return None
+    return {k: v for k, v in data.items() if k != "examples"}
+
+
+def expected_id(result: dict) -> str:
+    """The run id a result's own config and data give (equal to its ``run_id`` unless it was edited)."""
+    return ids.run_id(result["config"], planned_data(result))
 
 
 def _clean(obj: Any) -> Any:
@@ -192,6 +216,9 @@ def validate(data: Any) -> str | None:
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
         return (f"schema_version {version!r} is not one this lorabench reads (1 to {SCHEMA_VERSION}); "
                 "a newer lorabench wrote it: upgrade lorabench")
+    missing = [k for k, since in REQUIRED_SINCE.items() if version >= since and not isinstance(data.get(k), dict)]
+    if missing:
+        return f"schema_version {version} but no {', '.join(missing)} object"
     if data["status"] not in STATUSES:
         return f"unknown status {data['status']!r}"
     return None
@@ -232,3 +259,24 @@ def file_stamp(path: str | os.PathLike) -> tuple | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
+
+
+def metric_of(result: dict, where: str = "best") -> tuple[float | None, str | None]:
+    """(value, name) of the primary metric on the first dev split of ``result[where]`` ("best" or
+    "final"); the value is None when it is missing or not finite."""
+    name = result.get("primary_metric")
+    splits = ((result.get(where) or {}).get("metrics") or {})
+    first = next(iter(splits.values()), {}) if splits else {}
+    value = first.get(name) if isinstance(first, dict) else None
+    return (float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None), name
+
+
+def history_of(result: dict) -> list[tuple[int, float]]:
+    """(step, primary metric on the first dev split) of every evaluation in ``history``."""
+    name, out = result.get("primary_metric"), []
+    for h in result.get("history") or []:
+        metrics = h.get("metrics") or {}
+        first = next(iter(metrics.values()), {}) if metrics else {}
+        if isinstance(first, dict) and isinstance(first.get(name), (int, float)):
+            out.append((int(h.get("step") or 0), float(first[name])))
+    return out

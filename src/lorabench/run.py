@@ -33,6 +33,7 @@ from . import distributed, fourbit, inject, quant, results
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
 from .data import build_loaders, get_task
+from .data.fingerprint import read_record
 from .data.prompts import prompt_format_fn
 from .errors import INPUT_ERRORS, ConfigError, RunFailed
 from .launch import die_with_parent, launch
@@ -70,7 +71,7 @@ def load(cfg: RunConfig):
     train_loader, dev_loaders = build_loaders(
         task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length, batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
-        seed=cfg.seed, group_by_length=cfg.group_by_length, format_fn=format_fn, progress=not cfg.quiet,
+        data_revision=cfg.data_revision, seed=cfg.seed, group_by_length=cfg.group_by_length, format_fn=format_fn, progress=not cfg.quiet,
     )
     if prepare_first:
         _prepare_then_quantize(model, train_loader, cfg)
@@ -112,7 +113,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """
     cfg = distributed.for_this_launch(cfg)
     resolved = cfg.resolved()
-    rid = results.run_id(resolved)
+    data = cfg.data_fingerprint()  # the checksums of the split files (or the hub revision) it will read
+    rid = results.run_id(resolved, data)
     path = results.result_path(cfg.out, rid)
     main = distributed.is_main()  # rank 0 writes; other ranks return their result dict
     if cfg.save_adapter and distributed.uses_fsdp():
@@ -144,9 +146,13 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         adapter_bytes = _dir_bytes(adapter_dir)
 
     device = torch.device(state.memory.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    result = results.new_result(rid, resolved, primary_metric=task.primary_metric, started_at=started,
+    result = results.new_result(rid, resolved, data=data, primary_metric=task.primary_metric, started_at=started,
                                 env={**environment(device), "precision": state.precision},
                                 status=state.status, error=state.error)
+    read = {split: getattr(getattr(loader, "dataset", None), "examples", None)
+            for split, loader in {"train": train_loader, **dev_loaders}.items()}
+    if all(exs is not None for exs in read.values()):  # (a test may hand fit plain lists of batches)
+        result["data"]["examples"] = read_record(read)
     result.update({
         "pooling": getattr(model, "pooling", "cls"),
         "best": state.best,
@@ -198,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     code, error = 0, None
     try:
         cfg = RunConfig.from_dict(load_yaml(args.config))
-        rid = results.run_id(distributed.for_this_launch(cfg).resolved())
+        rid = distributed.for_this_launch(cfg).run_id()
         if rid != args.run_id:
-            raise ConfigError(f"{args.config} resolves to run id {rid}, the caller planned {args.run_id}; "
-                              "the config does not round-trip through RunConfig.from_dict")
+            raise ConfigError(f"{args.config} resolves to run id {rid}, the caller planned {args.run_id}: the data "
+                              f"it reads ({cfg.data_dir or 'the default GLUE location'}) changed since the run was "
+                              "planned, or the config does not round-trip through RunConfig.from_dict; plan it again")
         models.quiet_transformers()
         code = 0 if execute(cfg, progress=not cfg.quiet)["status"] == "ok" else 3
     except KeyboardInterrupt:

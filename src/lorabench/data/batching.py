@@ -265,7 +265,7 @@ class ShuffledBatches(Sampler):
 def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batch_size: int = 32,
                   eval_batch_size: int | None = None, train_limit: int | None = None,
                   eval_limit: int | None = None, seed: int = 0, group_by_length: bool = False,
-                  format_fn: FormatFn | None = None, cache_dir=None,
+                  format_fn: FormatFn | None = None, cache_dir=None, data_revision: str | None = None,
                   progress: bool = True) -> tuple[DataLoader, dict[str, DataLoader]]:
     """(train_loader, {dev_split: dev_loader}) for one GLUE task.
 
@@ -281,12 +281,16 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     for value, flag in ((train_limit, "--train-limit"), (eval_limit, "--eval-limit")):
         if value is not None:
             _check_positive(value, flag, "or leave it unset to use the whole split")
-    source = resolve_source(data_dir, task=spec)
+    source = resolve_source(data_dir, task=spec, revision=data_revision)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     collate = Collator(pad_id, spec.is_regression)
     common = dict(max_length=max_length, format_fn=format_fn, cache_dir=cache_dir, progress=progress)
 
-    train_ex = subset(source.load(spec, "train"), train_limit, seed)
+    train_all = source.load(spec, "train")
+    if train_limit is not None and len(train_all) < train_limit:
+        warnings.warn(f"{spec.display} train has {len(train_all)} examples ({source}), fewer than --train-limit "
+                      f"{train_limit}: training on all {len(train_all)}", stacklevel=2)
+    train_ex = subset(train_all, train_limit, seed)
     train_ds = encode(train_ex, tokenizer, spec, "train", key_extra={"limit": train_limit, "seed": seed}, **common)
     sampler = ShuffledBatches(train_ds.lengths, batch_size, seed=seed, group_by_length=group_by_length)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)

@@ -230,24 +230,38 @@ def _read_rows(path: Path, spec: TaskSpec, split: str, cols: Columns, unlabelled
 
 @dataclass(frozen=True)
 class Source:
-    """Where GLUE comes from: ``kind`` "folder" (``path`` = the glue_data folder) or "hub"."""
+    """Where GLUE comes from: ``kind`` "folder" (``path`` = the glue_data folder) or "hub"
+    (``revision``: the hub dataset's commit, tag or branch; None = its latest)."""
 
     kind: str
     path: Path | None = None
     tried: tuple[str, ...] = ()  # what resolve_source looked at before settling here
+    revision: str | None = None
 
     def __str__(self) -> str:
-        return str(self.path) if self.kind == "folder" else f"hub:{HUB_DATASET}"
+        if self.kind == "folder":
+            return str(self.path)
+        return f"hub:{HUB_DATASET}" + (f"@{self.revision}" if self.revision else "")
 
     def task_dir(self, spec: TaskSpec) -> Path:
         return _task_dir(self.path, spec) or self.path / spec.glue_dir
+
+    @property
+    def dataset(self) -> str | None:
+        return HUB_DATASET if self.kind == "hub" else None
+
+    def file(self, spec: TaskSpec, split: str, must_exist: bool = False) -> Path:
+        path = self.task_dir(spec) / spec.files[split]
+        if must_exist and not path.is_file():
+            raise DataError(f"missing GLUE file {path}; {FIX_DIR} that holds {spec.glue_dir}/{path.name}")
+        return path
 
     def load(self, task: str | TaskSpec, split: str) -> list[Example]:
         spec = get_task(task)
         check_split(spec, split)
         if self.kind == "folder":
-            return read_tsv(self.task_dir(spec) / spec.files[split], spec, split)
-        return _read_hub(spec, split, self.tried)
+            return read_tsv(self.file(spec, split), spec, split)
+        return _read_hub(spec, split, self.tried, self.revision)
 
 
 def _task_dir(root: Path, spec: TaskSpec) -> Path | None:
@@ -261,15 +275,23 @@ def _task_dir(root: Path, spec: TaskSpec) -> Path | None:
     return None
 
 
-def resolve_source(data_dir: str | os.PathLike | None = None, task: str | TaskSpec | None = None) -> Source:
+def locate(data_dir: str | os.PathLike | None = None, task: str | TaskSpec | None = None,
+           revision: str | None = None) -> Source:
     """The first of: ``data_dir``, ``$LORABENCH_GLUE_DIR``, ``./glue_data``, ``../shared/data/glue``
-    (both relative to the working directory), then the hub dataset ``nyu-mll/glue``.
+    (both relative to the working directory), then the hub dataset ``nyu-mll/glue``; a ``revision``
+    asks for the hub at that revision. Does not check that the hub can be read (``resolve_source``
+    does): the data fingerprint of a planned run needs only to know where its data comes from.
 
     An explicit ``data_dir`` or environment variable must be a directory. With ``task``, the
     two automatic folders count only when they hold that task, so a partial folder falls
-    through to the hub. Raises DataError listing everything tried when nothing works.
+    through to the hub.
     """
     spec = get_task(task) if task is not None else None
+    if revision is not None:
+        if data_dir is not None:
+            raise DataError(f"--data-revision {revision!r} pins the hub dataset, --data-dir {str(data_dir)!r} "
+                            "names a folder: pass one of them")
+        return Source("hub", None, ("--data-revision (the hub dataset at that revision)",), revision)
     for given, what in ((data_dir, "--data-dir"), (os.environ.get(ENV_DIR) or None, ENV_DIR)):
         if given is not None:
             path = Path(given).expanduser()
@@ -283,19 +305,30 @@ def resolve_source(data_dir: str | os.PathLike | None = None, task: str | TaskSp
             return Source("folder", candidate.resolve(), tuple(tried))
         missing = "missing" if not candidate.is_dir() else f"no {spec.glue_dir}/ inside"
         tried.append(f"{candidate.resolve()} ({missing})")
-    try:
-        import datasets  # noqa: F401  (optional dependency, imported only when needed)
-    except ImportError:
-        tried.append(f"hub dataset {HUB_DATASET} (the `datasets` package is not installed: pip install datasets)")
-        raise DataError(f"no GLUE data found; tried: {'; '.join(tried)}. Fix: {FIX_DIR}") from None
     return Source("hub", None, tuple(tried))
 
 
-def _read_hub(spec: TaskSpec, split: str, tried: tuple[str, ...]) -> list[Example]:
+def resolve_source(data_dir: str | os.PathLike | None = None, task: str | TaskSpec | None = None,
+                   revision: str | None = None) -> Source:
+    """``locate``, and when that is the hub, make sure ``datasets`` is installed. Raises DataError
+    listing everything tried when nothing works."""
+    source = locate(data_dir, task, revision)
+    if source.kind == "hub":
+        try:
+            import datasets  # noqa: F401  (optional dependency, imported only when needed)
+        except ImportError:
+            tried = [*source.tried, f"hub dataset {HUB_DATASET} (the `datasets` package is not installed: "
+                                    "pip install datasets)"]
+            raise DataError(f"no GLUE data found; tried: {'; '.join(tried)}. Fix: {FIX_DIR}") from None
+    return source
+
+
+def _read_hub(spec: TaskSpec, split: str, tried: tuple[str, ...], revision: str | None = None) -> list[Example]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(HUB_DATASET, spec.hub_config, split=split)
+        pinned = {"revision": revision} if revision is not None else {}
+        ds = datasets.load_dataset(HUB_DATASET, spec.hub_config, split=split, **pinned)
     except Exception as e:  # offline, hub down, bad cache: one message naming everything tried
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         attempts = "; ".join([*tried, f"hub dataset {HUB_DATASET}/{spec.hub_config} ({type(e).__name__}: {reason})"])
@@ -314,8 +347,9 @@ def _read_hub(spec: TaskSpec, split: str, tried: tuple[str, ...]) -> list[Exampl
     return examples
 
 
-def load_glue(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+def load_glue(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None,
+              revision: str | None = None) -> list[Example]:
     """Examples of one split (``"train"``, a dev split such as ``"validation"``, or a test split)."""
     spec = get_task(task)
     check_split(spec, split)
-    return resolve_source(data_dir, task=spec).load(spec, split)
+    return resolve_source(data_dir, task=spec, revision=revision).load(spec, split)

@@ -29,7 +29,8 @@ its data); those given as flags are relative to the working directory. ``data_di
 existing folder, checked before anything runs.
 
 Each run executes in a fresh process (``python -m lorabench.run``, the child entry point that
-rank processes share) so no state leaks between runs; it writes ``run-<id>.json`` atomically (id = hash of the resolved config),
+rank processes share) so no state leaks between runs; it writes ``run-<id>.json`` atomically
+(id = hash of the resolved config and the data fingerprint, so a rerun on other data runs again),
 its log goes to ``logs/run-<id>.log`` and its resolved config to ``configs/run-<id>.yaml``
 (``lorabench train --config`` reruns it alone). A rerun skips runs whose result exists;
 ``--retry-failed`` reruns those whose status is not ok. A run that dies without a result gets an
@@ -52,10 +53,9 @@ from typing import Any
 
 import yaml
 
-from .. import results
 from ..config import RunConfig, parse_yaml
 from ..data.glue import task_key
-from ..errors import ConfigError, SweepError
+from ..errors import ConfigError, DataError, SweepError
 
 TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants")
 BLOCK_META_KEYS = ("optional",)
@@ -224,7 +224,12 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
                 except ConfigError as e:
                     raise SweepError(f"{where} (model {model}, task {task}, seed {seed}): {e}") from None
                 hyper = {path[-1]: v for path, v in point.items()}
-                run = PlannedRun(results.run_id(cfg.resolved()), cfg, hyper)
+                try:
+                    rid = cfg.run_id()  # reads the data fingerprint: a missing split file stops the plan
+                except DataError as e:
+                    check_data_dir(cfg.data_dir)
+                    raise SweepError(f"{where} (task {task}): {e}") from None
+                run = PlannedRun(rid, cfg, hyper)
                 block_runs.append(((s, m, t, b, p), run))
         except SweepError as e:
             if not block.get("optional"):
@@ -277,12 +282,16 @@ def resolve_paths(spec: Any, folder: Path) -> Any:
     return spec
 
 
+def check_data_dir(data_dir: str | None) -> None:
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise SweepError(f"data_dir {data_dir} is not a folder; point it at a GLUE folder (one subfolder per "
+                         "task); relative paths in a sweep file are relative to the file's folder")
+
+
 def check_paths(sweep: Sweep) -> None:
     """Every run's GLUE folder exists and the out folder is not a file, before anything runs."""
     for data_dir in sorted({r.config.data_dir for r in sweep.runs if r.config.data_dir is not None}):
-        if not Path(data_dir).expanduser().is_dir():
-            raise SweepError(f"data_dir {data_dir} is not a folder; point it at a GLUE folder (one subfolder per "
-                             "task); relative paths in a sweep file are relative to the file's folder")
+        check_data_dir(data_dir)
     if Path(sweep.out).exists() and not Path(sweep.out).is_dir():
         raise SweepError(f"out {sweep.out} is a file, not a folder; pass another --out")
 

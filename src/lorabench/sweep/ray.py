@@ -59,10 +59,11 @@ def run_task(config: dict[str, Any], run_id: str, out: str) -> tuple[str, str]:
 def portable_config(run: PlannedRun, out: Path) -> dict[str, Any]:
     """The run's config with absolute paths: a worker's working directory is not ours.
 
-    ``out`` and ``data_dir`` are not hashed into the run id, so the id stays the same."""
+    ``out`` and ``data_dir`` are not hashed into the run id, so the id stays the same; the data's
+    checksums are, so a worker whose GLUE files differ refuses the run instead of mixing data."""
     cfg = run.config
     data_dir = cfg.data_dir
-    if data_dir is None:  # the lookup (env var, ./glue_data, ...) happens here, where it was meant
+    if data_dir is None and cfg.data_revision is None:  # the lookup (env var, ./glue_data, ...) happens here
         try:
             source = resolve_source(None, task=cfg.task)
         except DataError:
