@@ -80,6 +80,9 @@ class RunConfig:
     pooling: str = setting("auto", "head cls reads [CLS] (cls) or the mean over tokens (mean); auto: as the "
                                    "checkpoint declares (mean for sentence-transformers models like minilm)",
                            group=_WHAT, choices=POOLINGS)
+    model_dropout: float | None = setting(None, "set every dropout probability of the backbone and its head "
+                                                "(hidden, attention, classifier) to P; unset: the checkpoint's "
+                                                "(0.1 for the BERT family)", group=_WHAT, metavar="P")
     # ---- optimisation ---------------------------------------------------------------
     lr: float = setting(5e-4, "peak learning rate of AdamW", group=_OPT)
     weight_decay: float = setting(0.01, "AdamW decoupled weight decay (0 for biases and norms)", group=_OPT)
@@ -138,6 +141,8 @@ class RunConfig:
         self.targets = _normalize_targets(self.targets)
         check(self.model.strip() != "", "model is empty; pass an alias (minilm, smollm2-135m), a hub id or a folder")
         check(self.layers is None or self.layers >= 1, f"layers must be >= 1 (or null for all), got {self.layers}")
+        check(self.model_dropout is None or 0.0 <= self.model_dropout < 1.0,
+              f"model_dropout must be in [0, 1) (or null for the checkpoint's), got {self.model_dropout}")
         check(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         check(not (self.head == "lm" and self.pooling == "mean"),
@@ -250,6 +255,8 @@ class RunConfig:
         out["memory_budget"] = self.budget_bytes()
         if self.num_processes == 1:  # the run ids of single-process runs predate the field
             del out["num_processes"]
+        if self.model_dropout is None:  # nor does a checkpoint's own dropout change them
+            del out["model_dropout"]
         return out
 
     def data_fingerprint(self) -> dict[str, Any]:

@@ -234,15 +234,21 @@ def declared_pooling(path: str, cache_dir: str | os.PathLike | None = None) -> s
     return "mean" if mean else "cls"
 
 
+#: Config attributes that are dropout probabilities (BERT/MPNet, Llama, GPT-2 spellings).
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
+                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout")
+
+
 def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = None, dtype=None,
                trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None,
-               pooling: str = "auto"):
+               pooling: str = "auto", dropout: float | None = None):
     """(model, tokenizer) for ``task`` (a TaskSpec or task name): see the module docstring.
 
     ``pooling`` (head ``"cls"`` only): ``"cls"`` keeps the model's own sequence-classification
     head, ``"mean"`` classifies the masked mean of the last hidden states (``MeanPoolClassifier``),
     ``"auto"`` takes what the checkpoint declares (``declared_pooling``: mean for
-    sentence-transformers models such as ``minilm``, else cls)."""
+    sentence-transformers models such as ``minilm``, else cls). ``dropout`` sets every dropout
+    probability of the config (``DROPOUT_KEYS``) and so of the head; None keeps the checkpoint's."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if isinstance(task, str):
@@ -269,6 +275,10 @@ def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = 
                          "use head='cls'")
     if layers is not None:
         _truncate(config, layers)
+    if dropout is not None:  # every dropout the checkpoint's config names (BERT, GPT-2, Llama spellings)
+        for key in DROPOUT_KEYS:
+            if getattr(config, key, None) is not None or key == "classifier_dropout":
+                setattr(config, key, float(dropout))
     if head == "cls":
         config.num_labels = task.num_labels
         config.problem_type = "regression" if task.is_regression else "single_label_classification"

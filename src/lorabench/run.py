@@ -53,7 +53,7 @@ def load(cfg: RunConfig):
     task = get_task(cfg.task)
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
     model, tokenizer = models.load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
-                                  trust_remote_code=cfg.trust_remote_code)
+                                         trust_remote_code=cfg.trust_remote_code, dropout=cfg.model_dropout)
     check_max_length(model, tokenizer, cfg.max_length, cfg.model)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits
@@ -126,8 +126,6 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
     started = results.now()
     task, model, _tokenizer, train_loader, dev_loaders = load(cfg)
-    trainable, total = inject.count_parameters(model)
-
     state = TrainState()
     error: BaseException | None = None
     try:
@@ -141,12 +139,31 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
     adapter_bytes = None
     if cfg.save_adapter and state.status == "ok" and main:
-        adapter_dir = Path(cfg.out) / f"run-{rid}-adapter"
-        save_adapter(model, adapter_dir)
-        adapter_bytes = _dir_bytes(adapter_dir)
+        adapter_bytes = save_run_adapter(cfg, rid, model)
 
+    result = result_of(cfg, rid, data, started, task, model, state, train_loader, dev_loaders, adapter_bytes)
+    if main:
+        results.write_json_atomic(path, result)
+    if error is not None:
+        raise RunFailed(f"run {rid} {state.status}: {state.error} (result: {path})", result, path) from error
+    if state.status == "diverged":
+        warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
+    return result
+
+
+def save_run_adapter(cfg: RunConfig, rid: str, model) -> int:
+    """Save the trained adapter beside the result; its size on disk in bytes."""
+    adapter_dir = Path(cfg.out) / f"run-{rid}-adapter"
+    save_adapter(model, adapter_dir)
+    return _dir_bytes(adapter_dir)
+
+
+def result_of(cfg: RunConfig, rid: str, data: dict, started: str, task, model, state: TrainState, train_loader,
+              dev_loaders: dict, adapter_bytes: int | None) -> dict[str, Any]:
+    """The result JSON of a run that trained (or crashed while training): ``results`` schema."""
+    trainable, total = inject.count_parameters(model)
     device = torch.device(state.memory.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    result = results.new_result(rid, resolved, data=data, primary_metric=task.primary_metric, started_at=started,
+    result = results.new_result(rid, cfg.resolved(), data=data, primary_metric=task.primary_metric, started_at=started,
                                 env={**environment(device), "precision": state.precision},
                                 status=state.status, error=state.error)
     read = {split: getattr(getattr(loader, "dataset", None), "examples", None)
@@ -172,12 +189,6 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "paths": {"out": str(cfg.out), "data_dir": cfg.data_dir, "cwd": os.getcwd()},
         "finished_at": results.now(),
     })
-    if main:
-        results.write_json_atomic(path, result)
-    if error is not None:
-        raise RunFailed(f"run {rid} {state.status}: {state.error} (result: {path})", result, path) from error
-    if state.status == "diverged":
-        warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
     return result
 
 

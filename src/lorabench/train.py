@@ -176,7 +176,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
             since_eval, evaluated_at = [], state.step
 
         while state.step < state.total_steps and state.status == "ok":  # one pass = one epoch
-            for group in _groups(train_loader, cfg.grad_accum):
+            for group in step_groups(train_loader, cfg.grad_accum):
                 while (step_loss := _try_step(model, group, micro, accelerator, seen, amp, scaler)) is None:
                     smaller = halve_micro_batch(micro, local_batch, cfg.grad_accum)
                     if smaller is None or accelerator.num_processes > 1:  # a rank cannot redo a step alone:
@@ -228,7 +228,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         if since_log and state.status == "ok":
             state.train_loss.append([state.step, sum(since_log) / len(since_log)])
         if state.status == "ok" and last_group is not None:
-            check_after_training(model, core, _split(last_group[0], micro)[0], first_loss, accelerator, amp, state,
+            check_after_training(model, core, split_batch(last_group[0], micro)[0], first_loss, accelerator, amp, state,
                                  task)
     finally:
         if bar is not None:
@@ -290,7 +290,7 @@ def accumulate_gradients(model, group: list[dict], micro: int, accelerator: Acce
     step's mean loss. Each micro-batch's mean loss is weighted by its share of the step's
     examples, so the gradient is that of the mean over all of them, however they are cut."""
     n = sum(batch_size(b) for b in group)
-    pieces = [m for b in group for m in _split(b, micro)]
+    pieces = [m for b in group for m in split_batch(b, micro)]
     loss_sum = torch.zeros((), device=accelerator.device)
     for i, mb in enumerate(pieces):
         last = i == len(pieces) - 1
@@ -309,22 +309,28 @@ def _evaluate_and_record(model, loaders, task, accelerator, amp, state, losses, 
     train_clock.stop()
     with eval_clock:
         metrics = evaluate(model, loaders, task, accelerator, amp)
+    record_evaluation(state, metrics, losses, train_clock.total, task)
+    train_clock.start()
+
+
+def record_evaluation(state: TrainState, metrics: dict, losses: list[float], train_s: float, task) -> None:
+    """Add an evaluation to ``state.history``; it becomes ``final``, and ``best`` when its primary
+    metric on the first dev split beats the best so far."""
     entry = {
         "step": state.step,
         "epoch": round(state.step / state.steps_per_epoch, 4),
         "train_loss": sum(losses) / len(losses) if losses else None,
         "metrics": metrics,
-        "train_s": train_clock.total,
+        "train_s": train_s,
     }
     state.history.append(entry)
     point = {"step": entry["step"], "epoch": entry["epoch"], "metrics": metrics}
     state.final = point
-    if state.best is None or _score(metrics, task) > _score(state.best["metrics"], task):
+    if state.best is None or score(metrics, task) > score(state.best["metrics"], task):
         state.best = point
-    train_clock.start()
 
 
-def _score(metrics: dict, task) -> float:
+def score(metrics: dict, task) -> float:
     """The primary metric on the first dev split (NaN counts as the worst)."""
     value = metrics[task.dev_splits[0]].get(task.primary_metric) if task.dev_splits[0] in metrics else None
     return value if value is not None and math.isfinite(value) else -math.inf
@@ -355,7 +361,7 @@ def evaluate(model, loaders: dict, task, accelerator: Accelerator,
     return results
 
 
-def _groups(loader, size: int):
+def step_groups(loader, size: int):
     """Consecutive lists of ``size`` batches (the last may be shorter): one optimizer step each."""
     group = []
     for batch in loader:
@@ -367,7 +373,7 @@ def _groups(loader, size: int):
         yield group
 
 
-def _split(batch: dict, micro: int) -> list[dict]:
+def split_batch(batch: dict, micro: int) -> list[dict]:
     """Cut a batch into micro-batches of at most ``micro`` examples."""
     if batch_size(batch) <= micro:
         return [batch]

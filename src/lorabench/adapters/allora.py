@@ -89,6 +89,10 @@ class ALLoRA(LoRA):
                 B = _ScaleRowGrads.apply(B, row_coefficients(B, eta))
         return A, B
 
+    def pack_factors(self):
+        A, B = self.scaled_factors()
+        return A, B, 1.0
+
     def delta(self, x):
         A, B = self.scaled_factors()
         return F.linear(F.linear(x, A), B)  # (..., r) -> (..., out)

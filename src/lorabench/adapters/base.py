@@ -169,6 +169,12 @@ class Variant(nn.Module):
         """Called after every optimizer step (DyLoRA rank sampling, AdaLoRA). Default: nothing.
         (The optimisation rule's own ``on_step`` is called next to it by ``inject.on_step``.)"""
 
+    @classmethod
+    def unpackable(cls) -> str | None:
+        """Why runs of this variant cannot share one frozen base in a pack (``lorabench.pack``), or
+        None when they can: each run's change must be a low-rank product on the layer input."""
+        return "its change to a layer is not a low-rank product on the layer input"
+
     # ---- compute ---------------------------------------------------------------------
     @property
     def scale(self) -> float:

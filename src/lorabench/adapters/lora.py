@@ -139,6 +139,21 @@ class LoRA(Variant):
             return 1, f"which init={opts.init!r} factorises"
         return 1, "and B A has rank at most min(in, out): a larger r only adds parameters"
 
+    @classmethod
+    def unpackable(cls):
+        """LoRA packs with any init, rsLoRA and any optimisation rule; a subclass packs while its layer
+        output stays W0 x + s B A x and nothing else changes the layer (``lorabench.pack``)."""
+        if cls.forward is not Variant.forward or (cls.delta is not LoRA.delta
+                                                  and cls.pack_factors is LoRA.pack_factors):
+            return "its layer output is not W0 x + s B A x"
+        if cls.wrap_base.__func__ is not Variant.wrap_base.__func__:
+            return "it stores its own copy of the base layer (4-bit)"
+        if cls.needs_data():
+            return "its initialisation reads training batches"
+        if cls.on_step is not Variant.on_step or cls.extra_loss is not Variant.extra_loss:
+            return "it changes its layers during training or adds a loss term"
+        return None
+
     @property
     def scale(self) -> float:
         r = self.opts.r
@@ -162,6 +177,10 @@ class LoRA(Variant):
 
     def factors(self):
         return {"A": self.lora_A, "B": self.lora_B}
+
+    def pack_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A, B, s) as ``delta`` uses them, for a pack's batched product (``lorabench.pack``)."""
+        return self.lora_A, self.lora_B, self.scale
 
     def delta(self, x):
         z = F.linear(self.dropout(x), self.lora_A)  # (..., r)

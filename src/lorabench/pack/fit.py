@@ -1,0 +1,222 @@
+"""``fit_pack``: ``train.fit`` for K runs at once over one frozen base, step by step in lockstep.
+
+Per run, as ``fit`` does it alone: its own data order (its loader, its seed), optimizer over its
+own parameter groups (the variant's rule: LoRA+ ratios, LoRA-FA's frozen A ...), linear warmup +
+decay schedule, gradient clipping over its own tensors, the rule's ``before_step``/``on_step``,
+gradient accumulation, evaluation every epoch (or every N steps), best-dev selection, the
+divergence checks before every step and after the last. Shared: one forward and one backward of
+the packed batch per micro-batch index (the sum of the runs' weighted losses: the runs' tensors
+are disjoint, so each gets exactly its own gradient), and evaluation passes in which every run
+due for one reads the same dev batch.
+
+A run leaves the pack when it finishes or diverges (``on_finish`` is called at once, so its
+result is written while the others train on). Not supported in a pack, so such runs train alone
+(``lorabench.pack.plan``): several processes, a memory budget (its micro-batch planner and the
+out-of-memory retry are per process), fp16 loss scaling, gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import torch
+from accelerate.utils import send_to_device
+
+from .. import distributed, inject
+from ..divergence import check_after_training, divergence
+from ..measure import Stopwatch, Throughput, peak_memory, reset_peak_memory
+from ..metrics import compute
+from ..precision import autocast, resolve_precision
+from ..train import TrainState, linear_warmup_decay, record_evaluation, set_seed, split_batch, step_groups
+from .model import PackedModel, RunView
+
+
+@dataclass
+class Member:
+    """One run of a pack and everything ``fit`` would keep for it."""
+
+    index: int
+    cfg: Any
+    model: torch.nn.Module  # the run's own model object (its adapters and head; frozen tensors shared)
+    train_loader: Any
+    dev_loaders: dict
+    state: TrainState = field(default_factory=TrainState)
+    optimizer: Any = None
+    scheduler: Any = None
+    trainable: list = field(default_factory=list)
+    groups: Iterator | None = None
+    first_loss: float | None = None
+    last_group: list | None = None
+    since_log: list = field(default_factory=list)
+    since_eval: list = field(default_factory=list)
+    evaluated_at: int = -1
+    seen: Throughput = field(default_factory=Throughput)
+    train_s: float = 0.0  # its share of the pack's training wall time: each step's time / runs in it
+    eval_s: float = 0.0  # its share of the evaluation passes it took part in
+    active: bool = True
+
+    def next_group(self) -> list | None:
+        """The next optimizer step's batches, None at the end of an epoch."""
+        if self.groups is None:
+            self.groups = step_groups(self.train_loader, self.cfg.grad_accum)
+        group = next(self.groups, None)
+        if group is None:
+            self.groups = None
+        return group
+
+
+def _setup(m: Member, accelerator) -> None:
+    cfg = m.cfg
+    groups = inject.param_groups(m.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    m.trainable = [p for g in groups for p in g["params"]]
+    if not m.trainable:
+        raise RuntimeError(f"variant {cfg.variant!r} left nothing to train; check its options and targets")
+    m.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    m.train_loader, *dev = accelerator.prepare(m.train_loader, *m.dev_loaders.values())
+    m.dev_loaders = dict(zip(m.dev_loaders, dev))
+    s = m.state
+    s.steps_per_epoch = math.ceil(len(m.train_loader) / cfg.grad_accum)
+    if s.steps_per_epoch == 0:
+        raise RuntimeError("the training set is empty; raise --train-limit or check the data folder")
+    s.total_steps = max(1, math.ceil(round(cfg.epochs * s.steps_per_epoch, 6)))
+    warmup = math.ceil(cfg.warmup_ratio * s.total_steps)
+    m.scheduler = torch.optim.lr_scheduler.LambdaLR(m.optimizer, linear_warmup_decay(warmup, s.total_steps))
+    s.memory["oom_retries"] = 0
+
+
+@torch.no_grad()
+def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict, task, device, amp) -> list[dict]:
+    """Dev metrics of each of ``runs`` ({split: {metric: value}}), one forward per dev batch for all."""
+    training = packed.training
+    packed.eval()
+    out: list[dict] = [{} for _ in runs]
+    for split, loader in loaders.items():
+        preds: list[list] = [[] for _ in runs]
+        labels = []
+        for batch in loader:
+            inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
+            with autocast(device, amp):
+                logits, _, seg = packed(runs, [inputs] * len(runs))
+            for j, part in enumerate(logits.float().split(seg.rows)):
+                preds[j].append(part.squeeze(-1) if task.is_regression else part.argmax(-1))
+            labels.append(batch["labels"])
+        y = torch.cat(labels).cpu().tolist()
+        for j in range(len(runs)):
+            out[j][split] = {k: float(v) for k, v in compute(task, torch.cat(preds[j]).cpu().tolist(), y).items()}
+    packed.train(training)
+    return out
+
+
+def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Callable[[Member], None]) -> float:
+    """Train every member to its end (or divergence) in lockstep; returns the pack's training wall time."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    cfg0 = members[0].cfg
+    set_seed(cfg0.seed)
+    precision = resolve_precision(cfg0.precision, device)
+    amp = {"bf16": torch.bfloat16}.get(precision)
+    accelerator = distributed.make_accelerator(packed, None, cuda)
+    packed.to(accelerator.device)
+    for m in members:
+        m.state.precision = precision
+        _setup(m, accelerator)
+    clock = Stopwatch(cuda)
+    reset_peak_memory(device)
+    packed.train()
+    clock.start()
+
+    def evaluate(due: list[Member]) -> None:
+        clock.stop()
+        with Stopwatch(cuda) as watch:
+            metrics = evaluate_pack(packed, [m.index for m in due], due[0].dev_loaders, task, device, amp)
+        for m, got in zip(due, metrics):
+            record_evaluation(m.state, got, m.since_eval, clock.total, task)
+            m.since_eval, m.evaluated_at = [], m.state.step
+            m.eval_s += watch.total / len(due)  # its share of the pass
+        clock.start()
+
+    def finish(m: Member) -> None:
+        m.active = False
+        s = m.state
+        if m.since_log and s.status == "ok":
+            s.train_loss.append([s.step, sum(m.since_log) / len(m.since_log)])
+        if s.status == "ok" and m.last_group is not None:
+            clock.stop()
+            view = RunView(packed, m.index)
+            check_after_training(view, m.model, split_batch(m.last_group[0], m.cfg.batch_size)[0], m.first_loss,
+                                 SimpleNamespace(device=accelerator.device, num_processes=1), amp, s, task)
+            clock.start()
+        s.time.update(train_s=m.train_s, eval_s=m.eval_s, examples=m.seen.examples, tokens=m.seen.tokens,
+                      **m.seen.rates(m.train_s))
+        s.memory.update(peak_memory(device))
+        s.memory.update(budget_bytes=None, micro_batch_size=m.cfg.batch_size, grad_accum_steps=m.cfg.grad_accum)
+        on_finish(m)
+
+    while any(m.active for m in members):
+        # ---- each run's batches for this step (an epoch's end: its evaluation, then the next epoch)
+        step: dict[int, list] = {}
+        for m in [m for m in members if m.active]:
+            group = m.next_group()
+            if group is None:
+                if not m.cfg.eval_every and m.evaluated_at != m.state.step:
+                    evaluate([m])
+                group = m.next_group()
+            step[m.index] = [send_to_device(b, accelerator.device) for b in group]
+        taking = [m for m in members if m.index in step]
+        started = clock.elapsed
+        # ---- one forward + backward of the packed batch per micro-batch index
+        sums = {m.index: 0.0 for m in taking}
+        counts = {m.index: sum(len(b["input_ids"]) for b in step[m.index]) for m in taking}
+        for j in range(max(len(g) for g in step.values())):
+            part = [m for m in taking if j < len(step[m.index])]
+            batches = [step[m.index][j] for m in part]
+            with autocast(accelerator.device, amp):
+                _, loss, seg = packed([m.index for m in part], batches)
+            means = PackedModel.run_means(loss, seg)
+            weights = torch.tensor([len(b["input_ids"]) / counts[m.index] for m, b in zip(part, batches)],
+                                   device=means.device)
+            (means * weights).sum().backward()
+            for m, mean, b in zip(part, means.detach().tolist(), batches):
+                sums[m.index] += mean * len(b["input_ids"])
+                m.seen.add(b)
+        # ---- each run's own optimizer step, checks, logging and evaluation
+        due = []
+        for m in taking:
+            s, cfg = m.state, m.cfg
+            step_loss = sums[m.index] / counts[m.index]
+            m.first_loss = step_loss if m.first_loss is None else m.first_loss
+            why = divergence(step_loss, m.first_loss)
+            if why is not None:  # before the bad update is applied
+                s.status, s.error = "diverged", f"training loss {why} at step {s.step + 1}; lower the learning rate"
+                m.optimizer.zero_grad(set_to_none=True)
+                finish(m)
+                continue
+            m.last_group = step[m.index]
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(m.trainable, cfg.max_grad_norm)
+            inject.before_step(m.model)
+            m.optimizer.step()
+            m.scheduler.step()
+            m.optimizer.zero_grad(set_to_none=True)
+            s.step += 1
+            inject.on_step(m.model, s.step, s.total_steps)
+            m.since_log.append(step_loss)
+            m.since_eval.append(step_loss)
+            if s.step % cfg.log_every == 0:
+                s.train_loss.append([s.step, sum(m.since_log) / len(m.since_log)])
+                m.since_log = []
+            done = s.step >= s.total_steps
+            if done or (cfg.eval_every and s.step % cfg.eval_every == 0):
+                due.append(m)
+        for m in taking:
+            m.train_s += (clock.elapsed - started) / len(taking)
+        if due:
+            evaluate(due)
+        for m in due:
+            if m.state.step >= m.state.total_steps:
+                finish(m)
+    clock.stop()
+    return clock.total

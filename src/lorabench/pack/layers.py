@@ -1,0 +1,164 @@
+"""The layers of a pack: one frozen base layer, K runs' adapters applied each to its own rows.
+
+A packed batch stacks the micro-batches of the runs taking part in this forward, run after run
+along the batch dimension (``Segments``: which rows are whose). Every frozen layer computes once
+for all rows. An adapted layer then adds, for run k on its rows only,
+
+    delta_k(x) = s_k * (x A_k^T) B_k^T            A_k: (r_k, in), B_k: (out, r_k)
+
+as two batched products over the K runs (``torch.bmm``): the rows of each run are gathered into
+one slab of a (K, L, in) tensor (a view when every run has as many rows, else a zero-padded copy
+through one index), and the factors are stacked (ranks zero-padded to the largest). PiSSA/OLoRA
+keep the *original* W in the shared base and add their residual as one more low-rank term,
+-s_k (x A0_k^T) B0_k^T, concatenated to the factors: never a per-run copy of the base.
+
+Each run's trainable head (a linear ``classifier`` / ``score``) is applied the same way.
+Dropout inside a pack draws each run's rows from that run's own generator (seeded by its seed),
+so a run's masks depend on its seed and the pack's padded length, never on the other runs' values.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+
+class Segments:
+    """The rows of a packed batch: run ``runs[j]`` owns ``rows[j]`` consecutive rows, in that order."""
+
+    def __init__(self, runs: list[int], rows: list[int]):
+        self.runs, self.rows = list(runs), list(rows)
+        self.total = sum(rows)
+        self.equal = len(set(rows)) == 1
+        self._index: dict[tuple, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def owner(self, device) -> torch.Tensor:
+        """(N,) the position j in ``runs`` of each row's run."""
+        key = ("owner", str(device))
+        if key not in self._index:
+            self._index[key] = torch.repeat_interleave(torch.arange(len(self.rows), device=device),
+                                                       torch.tensor(self.rows, device=device))
+        return self._index[key]
+
+    def _slots(self, per_row: int, device) -> torch.Tensor:
+        """Where each of the N * per_row flat positions goes in the (K * L_max) padded layout."""
+        key = ("slots", per_row, str(device))
+        if key not in self._index:
+            longest = max(self.rows) * per_row
+            starts = torch.arange(len(self.rows), device=device) * longest
+            lengths = torch.tensor(self.rows, device=device) * per_row
+            offsets = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
+                torch.cumsum(lengths, 0) - lengths, lengths)
+            self._index[key] = torch.repeat_interleave(starts, lengths) + offsets
+        return self._index[key]
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ..., d) -> (K, L, d): each run's flattened rows in one slab (zero-padded when uneven)."""
+        d, per_row = x.shape[-1], x[0].numel() // x.shape[-1]
+        flat = x.reshape(-1, d)
+        if self.equal:
+            return flat.view(len(self.rows), -1, d)
+        slots = self._slots(per_row, x.device)
+        padded = flat.new_zeros(len(self.rows) * max(self.rows) * per_row, d).index_copy(0, slots, flat)
+        return padded.view(len(self.rows), -1, d)
+
+    def join(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``split`` for an output (K, L, d_out), shaped as ``like`` with its last dim d_out."""
+        d = y.shape[-1]
+        flat = y.reshape(-1, d)
+        if not self.equal:
+            flat = flat.index_select(0, self._slots(like[0].numel() // like.shape[-1], y.device))
+        return flat.view(*like.shape[:-1], d)
+
+
+class Pack(nn.Module):
+    """What the packed layers share: the runs' generators and the current ``Segments``."""
+
+    def __init__(self, seeds: list[int]):
+        super().__init__()
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.segments: Segments | None = None
+
+    @contextmanager
+    def rows(self, segments: Segments) -> Iterator[None]:
+        """Inside: every packed layer reads ``segments``, and dropout draws per run."""
+        self.segments, dropout = segments, F.dropout
+
+        def per_run_dropout(x, p=0.5, training=True, inplace=False):
+            if not training or p == 0.0 or x.dim() == 0 or x.shape[0] != segments.total:
+                return dropout(x, p, training, inplace)
+            masks = [torch.empty((n, *x.shape[1:]), dtype=x.dtype).bernoulli_(1 - p, generator=self.generators[k])
+                     for k, n in zip(segments.runs, segments.rows)]
+            return x * torch.cat(masks).to(x.device).div_(1 - p)
+
+        F.dropout = per_run_dropout  # nn.Dropout and the attention's functional dropout both call it
+        try:
+            yield
+        finally:
+            F.dropout, self.segments = dropout, None
+
+
+class PackedLinear(nn.Module):
+    """A frozen ``base_layer`` shared by the runs of a pack, each run's LoRA on its own rows.
+
+    ``adapters[k]`` is run k's variant module (``adapters.LoRA`` or a subclass that packs), the
+    very object its own model holds, so its optimizer, rule and saved adapter are the run's own."""
+
+    def __init__(self, base_layer: nn.Module, adapters: list[nn.Module], pack: Pack):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleList(adapters)
+        object.__setattr__(self, "pack", pack)  # shared by every layer: not a submodule
+
+    def factors(self, runs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A: (K, R, in), B: (K, R, out)) of ``runs``, scale folded into B and the residual term
+        of a PiSSA/OLoRA run appended, ranks zero-padded to the largest R."""
+        As, Bs = [], []
+        for k in runs:
+            v = self.adapters[k]
+            A, B, s = v.pack_factors()
+            if getattr(v, "lora_A0", None) is not None:  # the shared base holds W, the run W - s B0 A0
+                A, B = torch.cat([A, v.lora_A0]), torch.cat([B, -v.lora_B0], dim=1)
+            As.append(A)
+            Bs.append((B * s).t())
+        return pad_sequence(As, batch_first=True), pad_sequence(Bs, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seg = self.pack.segments
+        h = self.base_layer(x)
+        A, B = self.factors(seg.runs)
+        xs = seg.split(x.to(A.dtype))  # (K, L, in)
+        drop = [getattr(self.adapters[k].opts, "dropout", 0.0) for k in seg.runs]
+        if self.training and any(drop):  # LoRA's own dropout on its input, per run
+            gens = self.pack.generators
+            masks = [torch.empty(xs.shape[1:], dtype=xs.dtype).bernoulli_(1 - p, generator=gens[k]).div_(1 - p)
+                     if p > 0 else torch.ones(xs.shape[1:], dtype=xs.dtype) for k, p in zip(seg.runs, drop)]
+            xs = xs * torch.stack(masks).to(xs.device)
+        delta = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B)  # (K, L, R) -> (K, L, out)
+        return h + seg.join(delta, h).to(h.dtype)
+
+
+class PackedHead(nn.Module):
+    """The runs' trainable linear heads (``classifier`` / ``score``), each on its own rows."""
+
+    def __init__(self, heads: list[nn.Linear], pack: Pack):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        object.__setattr__(self, "pack", pack)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seg = self.pack.segments
+        heads = [self.heads[k] for k in seg.runs]
+        W = torch.stack([h.weight for h in heads])  # (K, C, H)
+        y = torch.bmm(seg.split(x.to(W.dtype)), W.transpose(1, 2))  # (K, L, C)
+        if heads[0].bias is not None:
+            y = y + torch.stack([h.bias for h in heads]).unsqueeze(1)
+        return seg.join(y, x).to(x.dtype)
