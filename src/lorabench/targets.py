@@ -18,6 +18,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "electra": ["query", "value"],
     "deberta-v2": ["query_proj", "value_proj"],
     "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],  # MPNetSelfAttention: q, k, v, o
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],
