@@ -36,6 +36,9 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
     g.add_argument("--seeds", type=ints, default=None, help="comma-separated seeds for every run, e.g. 0,1,2")
     g.add_argument("--variants", type=names, default=None, help="run only these variant blocks (comma-separated)")
     g.add_argument("--tasks", type=names, default=None, help="run only these tasks (comma-separated)")
+    g.add_argument("--pack", type=positive_int, default=None,
+                   help="train runs that share a frozen base K at a time in one process (lorabench.pack) "
+                        "[the file's pack:, else 1]")
     g.add_argument("--retry-failed", action="store_true", help="rerun runs whose status is not ok")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     g = p.add_argument_group("backend")
@@ -49,6 +52,8 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
 def backend_runner(args: argparse.Namespace) -> Callable[..., dict[str, str | None]]:
     """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs)."""
     backend = getattr(args, "backend", "local")
+    if backend == "ray" and (getattr(args, "pack", None) or 1) > 1:
+        raise SweepError("--pack trains packs with the local backend; drop --pack or --backend ray")
     if backend != "ray":
         if getattr(args, "address", None) is not None:
             raise SweepError("--address only applies to --backend ray; add --backend ray or drop --address")
@@ -63,6 +68,8 @@ def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = Ru
                  if f.name not in NOT_OVERRIDES and getattr(args, f.name, None) is not None}
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
+    if getattr(args, "pack", None) is not None:
+        overrides["pack"] = args.pack
     return load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
 
 

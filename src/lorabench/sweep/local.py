@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from .. import results
+from ..pack import plan as packing
 from ..errors import SweepError
 from ..launch import child_env, run_command, signal_name
 from .estimate import estimate_seconds, measured_rates
@@ -69,14 +71,24 @@ def _log_tail(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
-    """Run one config in a fresh Python process; returns (exit code, log path)."""
+def write_config(run: PlannedRun, out: Path) -> Path:
+    """``configs/run-<id>.yaml``: the run's config (``lorabench train --config`` reruns it alone)."""
     cfg_path = out / "configs" / f"run-{run.run_id}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump(run.config.to_dict() | {"quiet": True}, sort_keys=False))
-    log = out / "logs" / f"run-{run.run_id}.log"
+    return cfg_path
+
+
+def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
+    """Run one config in a fresh Python process; returns (exit code, log path)."""
+    cfg_path = write_config(run, out)
+    return run_logged(run_command(cfg_path, run.run_id, "--parent", str(os.getpid())),
+                      out / "logs" / f"run-{run.run_id}.log")
+
+
+def run_logged(cmd: list[str], log: Path) -> tuple[int, Path]:
+    """``cmd`` in a child process, output into ``log``; the child never outlives this call."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = run_command(cfg_path, run.run_id, "--parent", str(os.getpid()))
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
         try:
@@ -112,20 +124,38 @@ def run_one(run: PlannedRun, out: Path) -> tuple[str, Path]:
     """Execute one run in a fresh process (both backends); returns (status, log path).
 
     A process that dies without a result gets an ``error`` result written here, by its living parent."""
+    statuses, log = run_unit([run], out)
+    return statuses[run.run_id], log
+
+
+def run_unit(unit: list[PlannedRun], out: Path) -> tuple[dict[str, str], Path]:
+    """One run in a process of its own, or a pack (``lorabench.pack``: several runs over one frozen
+    base in one process); returns ({run id: status}, log path). Every run whose process died
+    without writing its result gets an ``error`` result here, by its living parent."""
     started = results.now()
-    path = results.result_path(out, run.run_id)
-    before = results.file_stamp(path)
-    rc, log = execute_in_subprocess(run, out)
-    wrote = path.exists() and results.file_stamp(path) != before
-    status = results.status_of(path) if wrote else None
-    if status is None:  # the process died without a result: record it, we are alive
-        how = f"was killed by {signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
-        tail = _log_tail(log)
-        results.write_json_atomic(path, results.failure_result(
-            run.config, run.run_id, f"run process {how} without writing a result" + (f": {tail}" if tail else "")
-            + f" (log: {log})", started))
-        status = "error"
-    return status, log
+    paths = {r.run_id: results.result_path(out, r.run_id) for r in unit}
+    before = {rid: results.file_stamp(path) for rid, path in paths.items()}
+    if len(unit) == 1:
+        rc, log = execute_in_subprocess(unit[0], out)
+    else:
+        pairs = [str(a) for r in unit for a in (write_config(r, out), r.run_id)]
+        cmd = [sys.executable, "-m", "lorabench.pack", "--parent", str(os.getpid()), *pairs]
+        rc, log = run_logged(cmd, out / "logs" / f"pack-{unit[0].run_id}.log")
+    statuses = {}
+    for run in unit:
+        path = paths[run.run_id]
+        wrote = path.exists() and results.file_stamp(path) != before[run.run_id]
+        status = results.status_of(path) if wrote else None
+        if status is None:  # the process died without this result: record it, we are alive
+            how = f"was killed by {signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
+            what = "run process" if len(unit) == 1 else f"pack process ({len(unit)} runs)"
+            tail = _log_tail(log)
+            results.write_json_atomic(path, results.failure_result(
+                run.config, run.run_id, f"{what} {how} without writing a result" + (f": {tail}" if tail else "")
+                + f" (log: {log})", started))
+            status = "error"
+        statuses[run.run_id] = status
+    return statuses, log
 
 
 def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) -> dict[str, str | None]:
@@ -142,20 +172,25 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
         bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), unit="run", disable=quiet,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         spent = 0.0
+        units, _ = packing.group(todo, sweep.pack)
+        i = 0
         try:
-            for i, run in enumerate(todo):
+            for unit in units:
                 done_est = sum(estimates[:i])
                 factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
-                c = run.config
-                bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}")
+                c = unit[0].config
+                bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}" if len(unit) == 1
+                                        else f"pack of {len(unit)} ({c.task})")
                 bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
                 t0 = time.perf_counter()
-                status, log = run_one(run, out)
+                got, log = run_unit(unit, out)
                 spent += time.perf_counter() - t0
-                statuses[run.run_id] = status
-                if status != "ok":
-                    bar.write(f"{status}: {run.describe()} (log: {log})")
-                bar.update(1)
+                statuses.update(got)
+                for run in unit:
+                    if got[run.run_id] != "ok":
+                        bar.write(f"{got[run.run_id]}: {run.describe()} (log: {log})")
+                bar.update(len(unit))
+                i += len(unit)
         except KeyboardInterrupt:
             bar.close()
             write_manifest(sweep, statuses, "interrupted")

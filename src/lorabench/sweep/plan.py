@@ -56,8 +56,9 @@ import yaml
 from ..config import RunConfig, parse_yaml
 from ..data.glue import task_key
 from ..errors import ConfigError, DataError, SweepError
+from ..pack import plan as packing
 
-TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants")
+TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack")
 BLOCK_META_KEYS = ("optional",)
 NOT_IN_GRID = ("seed", "model", "task", "variant", "out")  # the sweep's own axes and its folder
 
@@ -112,6 +113,7 @@ class Sweep:
     source: str = ""
     out: str = ""
     notes: list[str] = field(default_factory=list)
+    pack: int = 1  # runs that share a frozen base train this many at a time (``lorabench.pack``)
 
 
 def _short(v: Any) -> str:
@@ -168,6 +170,10 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     models = _axis("models", spec.get("models", base.get("model", "minilm")))
     tasks = _axis("tasks", spec.get("tasks", base.get("task", "sst2")))
     seeds = _axis("seeds", spec.get("seeds", base.get("seed", 0)))
+    pack = overrides.pop("pack") if overrides.get("pack") is not None else spec.get("pack", 1)
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise SweepError(f"pack must be a positive integer (runs trained together over one base), got {pack!r}; "
+                         "e.g. pack: 8, or 1 to train every run in a process of its own")
     if "model" in overrides:
         models = [overrides.pop("model")]
     if "seeds" in overrides:
@@ -247,7 +253,22 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     if len(set(budget.values())) > 1:
         notes.append("unequal tuning budget (configurations per task and seed): "
                      + ", ".join(f"{k} {v}" for k, v in budget.items()))
-    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes)
+    if pack > 1:
+        notes += pack_notes(list(unique.values()), pack)
+    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack)
+
+
+def pack_notes(runs: list[PlannedRun], size: int) -> list[str]:
+    """How ``runs`` pack: one line for the packs, one per reason some runs train alone."""
+    units, _ = packing.group(runs, size)
+    packs = [u for u in units if len(u) > 1]
+    alone: dict[str, int] = {}
+    for unit in units:
+        if len(unit) == 1:
+            why = packing.unpackable(unit[0].config) or "no other run shares its base"
+            alone[why] = alone.get(why, 0) + 1
+    lines = [f"--pack {size}: {sum(map(len, packs))} runs in {len(packs)} packs over a shared base"]
+    return lines + [f"{n} run{'s' * (n != 1)} train alone: {why}" for why, n in alone.items()]
 
 
 PATH_KEYS = ("data_dir", "out")  # RunConfig fields that are paths
