@@ -295,12 +295,22 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     sampler = ShuffledBatches(train_ds.lengths, batch_size, seed=seed, group_by_length=group_by_length)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
 
-    dev_loaders = {}
+    return train_loader, dev_loaders(source, spec, tokenizer, eval_batch_size, eval_limit, collate, common)
+
+
+def dev_loaders(source, spec: TaskSpec, tokenizer, batch_size: int, eval_limit: int | None, collate=None,
+                common: dict | None = None) -> dict[str, DataLoader]:
+    """{dev split: loader} in file order: ``eval_limit`` examples drawn with EVAL_SUBSET_SEED, the
+    same for every run (``lorabench eval`` reads them without the training set)."""
+    if collate is None:
+        pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        collate = Collator(pad_id, spec.is_regression)
+    loaders = {}
     for split in spec.dev_splits:
         dev_ex = subset(source.load(spec, split), eval_limit, EVAL_SUBSET_SEED)
-        dev_ds = encode(dev_ex, tokenizer, spec, split, key_extra={"limit": eval_limit}, **common)
-        dev_loaders[split] = DataLoader(dev_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
-    return train_loader, dev_loaders
+        dev_ds = encode(dev_ex, tokenizer, spec, split, key_extra={"limit": eval_limit}, **(common or {}))
+        loaders[split] = DataLoader(dev_ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    return loaders
 
 
 def _check_positive(value, flag: str, hint: str) -> None:

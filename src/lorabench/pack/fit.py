@@ -28,10 +28,9 @@ from accelerate.utils import send_to_device
 from .. import distributed, inject
 from ..divergence import check_after_training, divergence
 from ..measure import Stopwatch, Throughput, peak_memory, reset_peak_memory
-from ..metrics import compute
 from ..precision import autocast, resolve_precision
 from ..train import TrainState, linear_warmup_decay, record_evaluation, set_seed, split_batch, step_groups
-from .model import PackedModel, RunView
+from .model import PackedModel, RunView, evaluate_pack
 
 
 @dataclass
@@ -85,29 +84,6 @@ def _setup(m: Member, accelerator) -> None:
     warmup = math.ceil(cfg.warmup_ratio * s.total_steps)
     m.scheduler = torch.optim.lr_scheduler.LambdaLR(m.optimizer, linear_warmup_decay(warmup, s.total_steps))
     s.memory["oom_retries"] = 0
-
-
-@torch.no_grad()
-def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict, task, device, amp) -> list[dict]:
-    """Dev metrics of each of ``runs`` ({split: {metric: value}}), one forward per dev batch for all."""
-    training = packed.training
-    packed.eval()
-    out: list[dict] = [{} for _ in runs]
-    for split, loader in loaders.items():
-        preds: list[list] = [[] for _ in runs]
-        labels = []
-        for batch in loader:
-            inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
-            with autocast(device, amp):
-                logits, _, seg = packed(runs, [inputs] * len(runs))
-            for j, part in enumerate(logits.float().split(seg.rows)):
-                preds[j].append(part.squeeze(-1) if task.is_regression else part.argmax(-1))
-            labels.append(batch["labels"])
-        y = torch.cat(labels).cpu().tolist()
-        for j in range(len(runs)):
-            out[j][split] = {k: float(v) for k, v in compute(task, torch.cat(preds[j]).cpu().tolist(), y).items()}
-    packed.train(training)
-    return out
 
 
 def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Callable[[Member], None]) -> float:

@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import send_to_device
 from torch import nn
 
-from .. import inject, models
+from .. import inject
+from ..metrics import compute
+from ..precision import autocast
 from ..adapters.base import AdaptedLinear
 from ..targets import set_module
 from .layers import Pack, PackedHead, PackedLinear, Segments
@@ -111,13 +114,24 @@ class RunView(nn.Module):
         return SimpleNamespace(logits=logits, loss=None if loss is None else loss.mean())
 
 
-def build(loaded: list[tuple[Any, nn.Module, Any]], cfgs: list[Any]) -> PackedModel:
-    """The packed model over ``loaded`` = [(task, model, tokenizer)] of each run (``run.load``),
-    on a fresh copy of their base model."""
-    cfg, (task, _, tokenizer) = cfgs[0], loaded[0]
-    shared, _ = models.load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
-                                  trust_remote_code=cfg.trust_remote_code, dropout=cfg.model_dropout)
-    for _, model, _ in loaded:
-        share_frozen(model, shared)
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    return PackedModel(shared, [m for _, m, _ in loaded], [c.seed for c in cfgs], pad)
+@torch.no_grad()
+def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict, task, device, amp) -> list[dict]:
+    """Dev metrics of each of ``runs`` ({split: {metric: value}}), one forward per dev batch for all."""
+    training = packed.training
+    packed.eval()
+    out: list[dict] = [{} for _ in runs]
+    for split, loader in loaders.items():
+        preds: list[list] = [[] for _ in runs]
+        labels = []
+        for batch in loader:
+            inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
+            with autocast(device, amp):
+                logits, _, seg = packed(runs, [inputs] * len(runs))
+            for j, part in enumerate(logits.float().split(seg.rows)):
+                preds[j].append(part.squeeze(-1) if task.is_regression else part.argmax(-1))
+            labels.append(batch["labels"])
+        y = torch.cat(labels).cpu().tolist()
+        for j in range(len(runs)):
+            out[j][split] = {k: float(v) for k, v in compute(task, torch.cat(preds[j]).cpu().tolist(), y).items()}
+    packed.train(training)
+    return out
