@@ -1,10 +1,14 @@
 """Training-step time of lorabench vs PEFT, and the cost floor they both sit on.
 
-    python benchmarks/step_time.py [--threads N] [--steps 20] [--variants lora,dora,vera,pissa]
+    python benchmarks/step_time.py [--threads N] [--steps 20] [--variants all | lora,dora,...]
 
 Model: all-MiniLM-L6-v2 (6 layers, hidden 384) with a fresh 2-label head, batch 32 x 64
-random token ids, targets query and value (r = 8; VeRA r = 256). One step = forward +
-backward + AdamW step + zero_grad. For each variant the lorabench model, the PEFT model and
+random token ids, targets query and value. Variants: every one that PEFT implements and the
+PEFT-parity tests pair with it (lora, rslora, dora, pissa, olora, lora_plus, lora_fa, vera,
+randlora, uni_lora, miss, adalora), each with the same hyperparameters on both sides; the
+pairings and their options are in ``benchmarks/step_time_variants.py``. One step = forward +
+backward + AdamW step + zero_grad (AdaLoRA: + its regulariser in the loss and its rank
+re-allocation, on both sides). For each variant the lorabench model, the PEFT model and
 the floor take turns step by step in one process (the order rotates every round), so load
 from other processes hits all three alike. Step times are medians after warm-up; ratios and
 overheads are medians of the per-round ratios (steadier on a shared machine).
@@ -30,6 +34,7 @@ import time
 import warnings
 from contextlib import nullcontext
 
+import step_time_variants as variants
 import torch
 
 TARGETS = ["query", "value"]
@@ -49,35 +54,15 @@ def load_base(path: str, seed: int = 0, device: str = "cpu"):
     return model.float().to(device).train()
 
 
-def lorabench_model(path: str, variant: str, device: str = "cpu"):
-    import lorabench
-
-    model = load_base(path, device=device)
-    if variant == "vera":
-        lorabench.apply(model, "vera", targets=TARGETS, r=256)
-    elif variant == "pissa" and "pissa" not in lorabench.variants():
-        lorabench.apply(model, "lora", targets=TARGETS, r=8, alpha=8, init="pissa")
-    else:
-        lorabench.apply(model, variant, targets=TARGETS, r=8, alpha=8)
-    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY), **ADAMW)
-    return model, opt
+def lorabench_model(path: str, variant: str, device: str = "cpu", total: int = 0):
+    """(model, optimizer, hooks) of lorabench for a row of ``step_time_variants.SPECS``;
+    ``total`` is the run's length in steps (AdaLoRA's schedule)."""
+    return variants.build_lorabench(load_base(path, device=device), variant, TARGETS, LR, WEIGHT_DECAY, ADAMW, total)
 
 
-def peft_model(path: str, variant: str, device: str = "cpu"):
-    from peft import LoraConfig, VeraConfig, get_peft_model
-
-    model = load_base(path, device=device)
-    if variant == "vera":
-        config = VeraConfig(task_type="SEQ_CLS", r=256, target_modules=TARGETS)
-    else:
-        config = LoraConfig(
-            task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS,
-            use_dora=variant == "dora", init_lora_weights="pissa" if variant == "pissa" else True,
-        )
-    model = get_peft_model(model, config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, **ADAMW)
-    return model, opt
+def peft_model(path: str, variant: str, device: str = "cpu", total: int = 0):
+    """(model, optimizer, hooks) of PEFT for the same row, computing the same step."""
+    return variants.build_peft(load_base(path, device=device), variant, TARGETS, LR, WEIGHT_DECAY, ADAMW, total)
 
 
 def autocast(batch, amp: torch.dtype | None):
@@ -86,12 +71,16 @@ def autocast(batch, amp: torch.dtype | None):
     return torch.autocast(device, dtype=amp) if amp is not None else nullcontext()
 
 
-def train_step(model, opt, batch, amp: torch.dtype | None = None) -> None:
+def train_step(model, opt, batch, amp: torch.dtype | None = None, hooks: variants.Hooks | None = None) -> None:
+    hooks = hooks or variants.Hooks()
     with autocast(batch, amp):
-        loss = model(**batch).loss
+        loss = hooks.loss(model, model(**batch).loss)
     loss.backward()
+    hooks.before_step(model)
     opt.step()
+    hooks.after_step(model)
     opt.zero_grad(set_to_none=True)
+    hooks.after_zero_grad(model)
 
 
 def floor_step(model, batch, amp: torch.dtype | None = None) -> None:
@@ -111,13 +100,14 @@ def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str,
     """Per-round step times (ms) of the three runs, which take turns step by step.
 
     ``batch`` must already be on ``device``; ``amp`` is the autocast dtype (None: fp32)."""
-    ours, ours_opt = lorabench_model(path, variant, device)
-    peft, peft_opt = peft_model(path, variant, device)
+    total = warmup + steps + 1  # every timed step inside AdaLoRA's budget phase
+    ours, ours_opt, ours_hooks = lorabench_model(path, variant, device, total)
+    peft, peft_opt, peft_hooks = peft_model(path, variant, device, total)
     floor = load_base(path, device=device).requires_grad_(False)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     runs = {
-        "lorabench": lambda: train_step(ours, ours_opt, batch, amp),
-        "peft": lambda: train_step(peft, peft_opt, batch, amp),
+        "lorabench": lambda: train_step(ours, ours_opt, batch, amp, ours_hooks),
+        "peft": lambda: train_step(peft, peft_opt, batch, amp, peft_hooks),
         "floor": lambda: floor_step(floor, batch, amp),
     }
     now = CLOCKS[clock]
@@ -147,7 +137,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--variants", default="lora,dora,vera,pissa")
+    parser.add_argument("--variants", default="all",
+                        help=f"all (default) or a comma-separated subset of {','.join(variants.VARIANTS)}")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: perf_counter; cpu: process CPU time (less sensitive to other processes)")
     parser.add_argument("--optimizer", choices=["foreach", "default"], default="foreach",
@@ -176,22 +167,23 @@ def main() -> None:
     print(f"all-MiniLM-L6-v2, batch {args.batch}x{args.seq}, targets {'+'.join(TARGETS)}, "
           f"torch {torch.__version__}, peft {peft.__version__}, {args.threads} threads, "
           f"AdamW {args.optimizer}, {args.clock} clock, {args.steps} steps after {args.warmup} warm-up, implementations alternating")
-    header = (f"{'variant':<8} {'lorabench ms':>12} {'PEFT ms':>9} {'floor ms':>9} {'ratio':>6} "
-              f"{'ours over floor':>16} {'PEFT over floor':>16} {'ours/PEFT overhead':>19}")
-    print(header)
-    print("-" * len(header))
-    for variant in args.variants.split(","):
+    names = variants.parse_variants(args.variants)
+    columns = ["variant", "lorabench ms", "PEFT ms", "floor ms", "ratio lorabench/PEFT",
+               "lorabench over floor", "PEFT over floor", "overhead lorabench/PEFT"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
+    for variant in names:
         t = measure(args.model, variant, batch, args.steps, args.warmup, args.clock)
         ours, theirs, floor = (statistics.median(t[k]) for k in ("lorabench", "peft", "floor"))
         ratio = paired(t["lorabench"], t["peft"])
         over_ours = paired(t["lorabench"], t["floor"]) - 1
         over_peft = paired(t["peft"], t["floor"]) - 1
-        share = over_ours / over_peft if over_peft > 0 else float("nan")
-        print(f"{variant:<8} {ours:>12.1f} {theirs:>9.1f} {floor:>9.1f} {ratio:>6.2f} "
-              f"{100 * over_ours:>15.1f}% {100 * over_peft:>15.1f}% {share:>19.2f}", flush=True)
+        share = f"{over_ours / over_peft:.2f}" if over_peft > 0 else "n/a"
+        cells = [variant, f"{ours:.1f}", f"{theirs:.1f}", f"{floor:.1f}", f"{ratio:.2f}",
+                 f"{100 * over_ours:.1f}%", f"{100 * over_peft:.1f}%", share]
+        print("| " + " | ".join(cells) + " |", flush=True)
     print("ms: median step time; ratio and overheads: medians over rounds of per-round ratios "
-          "(lorabench/PEFT, x/floor - 1); last column: our overhead / PEFT's (DoRA, VeRA target <= 0.5)")
-
+          "(lorabench/PEFT, x/floor - 1); last column: lorabench's overhead / PEFT's (DoRA, VeRA target <= 0.5)")
 
 if __name__ == "__main__":
     main()

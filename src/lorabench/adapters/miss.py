@@ -90,7 +90,10 @@ class MiSS(Variant):
 
     def delta(self, x):
         r = self.opts.r
-        x = F.pad(self.dropout(x), (0, -self.in_features % r))  # (..., ceil(in / r) r)
+        pad = -self.in_features % r
+        x = self.dropout(x)
+        if pad:  # F.pad copies x even for a zero pad
+            x = F.pad(x, (0, pad))  # (..., ceil(in / r) r)
         summed = x.reshape(*x.shape[:-1], -1, r).sum(-2)  # (..., r): sum of the input shards
         return summed @ self.shard()  # (..., out)
 

@@ -102,8 +102,9 @@ class RandLoRA(Variant):
         """True when A acts on the input (in <= out); else A acts on the output side."""
         return self.in_features <= self.out_features
 
-    def bases(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, A_scaled): B (D, N r) and A_scaled (r N, d) with M = B @ A_scaled.
+    def bases(self, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A_scaled): B (D, N r) and A_scaled (r N, d) with scale * M = B @ A_scaled (``scale``
+        is folded into lambda, (r, N), not applied to a (T, out) output).
 
         Column c of B (base c // r, column c % r) meets row c of A_scaled (row c // N of A scaled by
         lambda and base c % N of gamma): PEFT's flattening. Any fixed pairing of the i.i.d. columns of
@@ -112,16 +113,17 @@ class RandLoRA(Variant):
         r, (n, d) = self.opts.r, self.randlora_gamma.shape
         D = max(self.in_features, self.out_features)
         A = self.shared.randlora_A[:, :d]  # (r, d)
-        A_scaled = self.randlora_lambda[:, :, None] * A[:, None, :] * self.randlora_gamma[None]  # (r, N, d)
+        lam = self.randlora_lambda if scale == 1.0 else self.randlora_lambda * scale  # (r, N)
+        A_scaled = lam[:, :, None] * A[:, None, :] * self.randlora_gamma[None]  # (r, N, d)
         B = self.shared.randlora_B[:D, :n, :]  # (D, N, r)
         return B.reshape(D, n * r), A_scaled.reshape(r * n, d)
 
     def delta(self, x):
-        B, A = self.bases()  # (D, N r), (r N, d)
+        B, A = self.bases(self.scale)  # (D, N r), (r N, d): the scale rides on the small factor
         x = self.dropout(x)
         if self.small_is_in:  # in = d, out = D
-            return F.linear(F.linear(x, A), B) * self.scale  # (..., r N) -> (..., out)
-        return F.linear(F.linear(x, B.t()), A.t()) * self.scale  # (..., N r) -> (..., out)
+            return F.linear(F.linear(x, A), B)  # (..., r N) -> (..., out)
+        return F.linear(F.linear(x, B.t()), A.t())  # (..., N r) -> (..., out)
 
     def delta_weight(self):
         B, A = self.bases()
