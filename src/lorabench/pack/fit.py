@@ -4,10 +4,10 @@ Per run, as ``fit`` does it alone: its own data order (its loader, its seed), op
 own parameter groups (the variant's rule: LoRA+ ratios, LoRA-FA's frozen A ...), linear warmup +
 decay schedule, gradient clipping over its own tensors, the rule's ``before_step``/``on_step``,
 gradient accumulation, evaluation every epoch (or every N steps), best-dev selection, the
-divergence checks before every step and after the last. Shared: one forward and one backward of
-the packed batch per micro-batch index (the sum of the runs' weighted losses: the runs' tensors
-are disjoint, so each gets exactly its own gradient), and evaluation passes in which every run
-due for one reads the same dev batch.
+divergence checks before every step and after the last. Shared: the forward and backward of the
+packed micro-batches, in chunks of rows of similar length (``model.chunks``; the backward of the
+sum of the runs' weighted losses: the runs' tensors are disjoint, so each gets exactly its own
+gradient), and evaluation passes in which every run due for one reads the same dev batch.
 
 A run leaves the pack when it finishes or diverges (``on_finish`` is called at once, so its
 result is written while the others train on). Not supported in a pack, so such runs train alone
@@ -28,7 +28,7 @@ from accelerate.utils import send_to_device
 from .. import distributed, inject
 from ..divergence import check_after_training, divergence
 from ..measure import Stopwatch, Throughput, peak_memory, reset_peak_memory
-from ..precision import autocast, resolve_precision
+from ..precision import resolve_precision
 from ..train import TrainState, linear_warmup_decay, record_evaluation, set_seed, split_batch, step_groups
 from .model import PackedModel, RunView, evaluate_pack
 
@@ -149,13 +149,9 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
         for j in range(max(len(g) for g in step.values())):
             part = [m for m in taking if j < len(step[m.index])]
             batches = [step[m.index][j] for m in part]
-            with autocast(accelerator.device, amp):
-                _, loss, seg = packed([m.index for m in part], batches)
-            means = PackedModel.run_means(loss, seg)
-            weights = torch.tensor([len(b["input_ids"]) / counts[m.index] for m, b in zip(part, batches)],
-                                   device=means.device)
-            (means * weights).sum().backward()
-            for m, mean, b in zip(part, means.detach().tolist(), batches):
+            weights = [len(b["input_ids"]) / counts[m.index] for m, b in zip(part, batches)]  # share of its step
+            means = packed.backward([m.index for m in part], batches, weights, amp)
+            for m, mean, b in zip(part, means, batches):
                 sums[m.index] += mean * len(b["input_ids"])
                 m.seen.add(b)
         # ---- each run's own optimizer step, checks, logging and evaluation

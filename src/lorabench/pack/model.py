@@ -42,6 +42,38 @@ def share_frozen(own: nn.Module, shared: nn.Module) -> None:
                 target._parameters[pname] = param
 
 
+#: Padded tokens per chunk of a packed micro-batch (``chunks``): 32 rows of 64 tokens, 128 rows
+#: of 16. It bounds a pack's activation memory (one chunk's, whatever K) and keeps on a CPU the
+#: larger products that make short rows cheaper per example.
+TOKEN_BUDGET = 2048
+
+
+def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> list[tuple[list[int], list[dict]]]:
+    """The rows of the runs' batches regrouped by length: [(runs in the chunk, their sub-batches)].
+    Rows are sorted by real length, longest first, and cut into chunks of at most ``budget`` padded
+    tokens (a chunk holds at least one row); within a chunk each run's rows keep their order and
+    are cut to the chunk's longest row (right padding: the columns cut are padding for all)."""
+    rows = []
+    for j, b in enumerate(batches):
+        lengths = b["attention_mask"].sum(1).tolist() if "attention_mask" in b else [b["input_ids"].shape[1]] * len(b)
+        rows += [(-int(n), j, i) for i, n in enumerate(lengths)]
+    rows.sort()
+    out, start = [], 0
+    while start < len(rows):
+        longest = -rows[start][0]
+        end = start + max(1, min(len(rows) - start, budget // max(longest, 1)))
+        members = sorted(rows[start:end], key=lambda r: (r[1], r[2]))
+        chunk_runs, chunk_batches = [], []
+        for j in sorted({r[1] for r in members}):
+            idx = torch.tensor([r[2] for r in members if r[1] == j])
+            chunk_runs.append(runs[j])
+            chunk_batches.append({k: (v[idx][:, :longest] if v.dim() == 2 else v[idx]) if torch.is_tensor(v) else v
+                                  for k, v in batches[j].items()})
+        out.append((chunk_runs, chunk_batches))
+        start = end
+    return out
+
+
 class PackedModel(nn.Module):
     """The shared base with every run's adapters and head: ``forward(runs, batches)`` -> logits.
 
@@ -87,6 +119,23 @@ class PackedModel(nn.Module):
             else:
                 loss = F.cross_entropy(logits.float(), labels.long(), reduction="none")
         return logits, loss, segments
+
+    def backward(self, runs: list[int], batches: list[dict], weights: list[float], amp=None) -> list[float]:
+        """Backward of sum_j weights[j] * (mean training loss of run ``runs[j]`` on ``batches[j]``);
+        returns those mean losses. Computed chunk by chunk (``chunks``: rows of similar length,
+        a backward per chunk), so a pack pads less than any one run's own batch and holds the
+        activations of one chunk, not of the K runs' whole micro-batches."""
+        device = batches[0]["input_ids"].device
+        counts = torch.tensor([float(len(b["input_ids"])) for b in batches], device=device)
+        row_weight = torch.tensor(weights, device=device) / counts
+        sums = torch.zeros(len(runs), device=device)
+        for chunk_runs, chunk_batches in chunks(runs, batches):
+            with autocast(device, amp):
+                _, loss, seg = self(chunk_runs, chunk_batches)
+            where = torch.tensor([runs.index(k) for k in chunk_runs], device=device)[seg.owner(device)]
+            (loss * row_weight[where]).sum().backward()
+            sums.index_add_(0, where, loss.detach().float())
+        return (sums / counts).tolist()
 
     @staticmethod
     def run_means(loss: torch.Tensor, segments: Segments) -> torch.Tensor:
