@@ -201,3 +201,14 @@ def test_many_variants_get_distinct_styles_and_a_legend_beside_the_axes():
         plots._legend(fig, ax)
         assert (ax.get_legend() is None) == beside and bool(fig.legends) == beside
     assert plots._figure(entries=40)[0].get_figwidth() > plots._figure(entries=5)[0].get_figwidth()
+
+
+def test_a_report_names_its_folder_without_the_machines_absolute_path(tmp_path, monkeypatch):
+    below = tmp_path / "runs" / "quick"
+    below.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert report.shown_name(below) == str(Path("runs") / "quick")
+    monkeypatch.chdir(below)
+    assert report.shown_name(tmp_path / "runs") == "runs"  # not below the working directory: its name
+    text = report.markdown(report.build_report(FIXTURE), FIXTURE)
+    assert text.splitlines()[0] == "# lorabench report: results" and str(FIXTURE.parent) not in text

@@ -63,7 +63,7 @@ class RunConfig:
     """One fine-tuning run: backbone, task, variant, optimisation and bookkeeping."""
 
     # ---- what is trained ------------------------------------------------------------
-    model: str = setting("minilm", "model alias (minilm, smollm2-135m), hub id or local folder", group=_WHAT)
+    model: str = setting("minilm", "model alias (minilm, mpnet, smollm2-135m, ...), hub id or local folder", group=_WHAT)
     layers: int | None = setting(None, "keep only the first N transformer layers (unset: all)", group=_WHAT,
                                  metavar="N")
     task: str = setting("sst2", "GLUE task: sst2, cola, mrpc, rte, stsb, qqp, mnli, qnli", group=_WHAT)

@@ -345,8 +345,18 @@ def best_table_markdown(folder: str | Path) -> str:
     return "\n\n".join(to_markdown(t) for t in tables) or f"(no finished runs in {folder})"
 
 
+def shown_name(folder: str | Path) -> str:
+    """The results folder as a report names it: relative to the working directory when it lies
+    below it, else its own name (a report never records the absolute path of the machine it ran on)."""
+    path = Path(folder).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return path.name
+
+
 def markdown(report: Report, folder: str | Path) -> str:
-    parts = [f"# lorabench report: {folder}",
+    parts = [f"# lorabench report: {shown_name(folder)}",
              f"{len(report.runs)} runs, {len(report.configs)} configurations, "
              f"{sum(r.status != 'ok' for r in report.runs)} not ok.", *(f"**Note:** {n}" for n in report.notes)]
     for name in ("best", "detail", "hparams", "failed"):
@@ -376,7 +386,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, html: boo
         written += [p for f in figures for p in f]
     if html:
         shown = [t for name in ("best", "detail", "hparams", "failed") for t in report.tables[name] if t.rows]
-        subtitle = f"{folder}: {len(report.runs)} runs, {len(report.configs)} configurations"
+        subtitle = f"{shown_name(folder)}: {len(report.runs)} runs, {len(report.configs)} configurations"
         written.append(write_html_page(out / "report.html", subtitle, shown, [png for png, _ in figures]))
     if echo:
         print(text)
