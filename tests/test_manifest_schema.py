@@ -26,14 +26,15 @@ def test_sweep_json_says_interrupted_when_ctrl_c_stops_the_sweep(tmp_path, monke
     sweep = _sweep(tmp_path / "out")
     seen = []
 
-    def fake_run_one(run, out):
+    def fake_run_unit(unit, out):
+        (run,) = unit
         seen.append(json.loads((out / "sweep.json").read_text())["state"])
         if len(seen) == 2:
             raise KeyboardInterrupt
         results.write_json_atomic(results.result_path(out, run.run_id), {"fake": True})
-        return "ok", out / "log"
+        return {run.run_id: "ok"}, out / "log"
 
-    monkeypatch.setattr(local, "run_one", fake_run_one)
+    monkeypatch.setattr(local, "run_unit", fake_run_unit)
     with pytest.raises(KeyboardInterrupt):
         local.run_sweep(sweep, quiet=True)
     manifest = json.loads((tmp_path / "out" / "sweep.json").read_text())
@@ -44,7 +45,7 @@ def test_sweep_json_says_interrupted_when_ctrl_c_stops_the_sweep(tmp_path, monke
 
 def test_sweep_json_says_finished_when_nothing_is_left(tmp_path, monkeypatch):
     sweep = _sweep(tmp_path / "out")
-    monkeypatch.setattr(local, "run_one", lambda run, out: ("ok", out / "log"))
+    monkeypatch.setattr(local, "run_unit", lambda unit, out: ({r.run_id: "ok" for r in unit}, out / "log"))
     local.run_sweep(sweep, quiet=True)
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["state"] == "finished"
 
