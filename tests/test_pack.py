@@ -55,7 +55,8 @@ def test_a_mixed_pack_trains_step_for_step_as_its_runs_alone(tmp_path):
         for (_, lp), (_, la) in zip(p["train_loss"], a["train_loss"]):
             assert abs(lp - la) <= 1e-5 * abs(la), (p["variant"], lp, la)
         assert p["best"] == a["best"] and p["final"] == a["final"]  # the same dev predictions' metrics
-        assert p["packed"]["size"] == 4 and a["run_id"] not in p["packed"]["with"] and len(p["packed"]["with"]) == 3
+        assert p["packed"]["size"] == 4 and len(p["packed_with"]) == 3 and p["run_id"] not in p["packed_with"]
+        assert p["packed"]["wall_s"] >= p["time"]["train_s"] > 0
         assert p["params"] == a["params"] and p["data"] == a["data"]
     assert len({p["best"]["metrics"]["validation"]["accuracy"] for p in packed} | {0.0}) >= 2  # runs that differ
 
@@ -131,7 +132,7 @@ def test_a_killed_packed_sweep_resumes_without_losing_or_repeating_a_run(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     stamp = (out / f"run-{short}.json").stat().st_mtime_ns
     first = json.loads((out / f"run-{short}.json").read_text())
-    assert first["status"] == "ok" and first["packed"]["with"] == [long]
+    assert first["status"] == "ok" and first["packed_with"] == [long]
     assert cli.main(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
     assert (out / f"run-{short}.json").stat().st_mtime_ns == stamp  # not retrained
     names = sorted(p.name for p in out.glob("run-*.json"))

@@ -39,6 +39,10 @@ Schema (``schema_version`` 2). Keys marked * are always present.
                        "examples", "tokens", "loop_s", "peak_*_bytes", "adapter_sha256"}, ...]}; then
                        ``time`` sums examples and tokens over the ranks and ``memory`` peaks are the
                        largest rank's
+    packed_with        a packed run only (``lorabench.pack``): the run ids trained with it over one base
+    packed             a packed run only: {"size", "wall_s" (the pack's training time until this run
+                       left it), "time"}; then ``time.train_s`` / ``eval_s`` are its share of the
+                       pack's wall time (each step's time over the runs in it)
     env*               {"device_name", "python", "torch", "transformers", "lorabench", "git_rev"}
     started_at*        ISO-8601 UTC
     finished_at*       ISO-8601 UTC

@@ -126,7 +126,7 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
                                  SimpleNamespace(device=accelerator.device, num_processes=1), amp, s, task)
             clock.start()
         s.time.update(train_s=m.train_s, eval_s=m.eval_s, examples=m.seen.examples, tokens=m.seen.tokens,
-                      **m.seen.rates(m.train_s))
+                      pack_wall_s=clock.elapsed, **m.seen.rates(m.train_s))
         s.memory.update(peak_memory(device))
         s.memory.update(budget_bytes=None, micro_batch_size=m.cfg.batch_size, grad_accum_steps=m.cfg.grad_accum)
         on_finish(m)

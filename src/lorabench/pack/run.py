@@ -1,7 +1,7 @@
 """Execute a pack: K run configs -> K runs over one frozen base -> K result JSONs.
 
-Each result has the schema of a single run's, plus ``packed``: the other run ids of the pack, its
-size and how time is counted. ``time.train_s`` of a packed run is its share of the pack's wall
+Each result has the schema of a single run's, plus ``packed_with`` (the other run ids of the pack)
+and ``packed`` (its size, its wall time, how time is counted). ``time.train_s`` of a packed run is its share of the pack's wall
 time (each step's time divided by the runs that took part in it) and ``time.eval_s`` its share of
 the evaluation passes: the sum over a pack's runs is the pack's wall time, so a per-run time in a
 table stays honest (a packed run is cheaper, and says why). A run's result is written the moment
@@ -75,8 +75,10 @@ def execute_pack(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
         adapter_bytes = save_run_adapter(cfg, rid, m.model) if cfg.save_adapter and m.state.status == "ok" else None
         result = result_of(cfg, rid, datas[m.index], started, task, m.model, m.state, m.train_loader,
                            m.dev_loaders, adapter_bytes)
-        result["packed"] = {"size": len(cfgs), "with": [r for r in rids if r != rid],
-                            "time": "train_s and eval_s are this run's share of the pack's wall time"}
+        result["packed_with"] = [r for r in rids if r != rid]
+        result["packed"] = {"size": len(cfgs), "wall_s": m.state.time.get("pack_wall_s"),
+                            "time": "train_s and eval_s are this run's share of the pack's wall time; "
+                                    "wall_s: the pack's training wall time until this run left it"}
         results.write_json_atomic(results.result_path(cfg.out, rid), result)
         written[m.index] = result
 
