@@ -76,6 +76,7 @@ def save_adapters(n: int, folder: Path) -> list[Path]:
     import lorabench
     from lorabench import models
 
+    models.quiet_transformers()
     dirs = []
     for seed in range(n):
         torch.manual_seed(seed)
