@@ -56,6 +56,8 @@ def test_variants_lists_every_variant_with_description_and_options(capsys):
         for f in dataclasses.fields(cls.Options):
             default = f.default if f.default is not dataclasses.MISSING else None
             assert f"{f.name}={default!r}" in options, (name, f.name, options)
+        assert lines[2] == ("packs: yes (sweep --pack K trains such runs over one shared base)"
+                            if cls.unpackable() is None else f"packs: no: {cls.unpackable()}"), (name, lines[2])
     assert "r=8" in "\n".join(blocks["lora"]) and "init='kaiming'" in "\n".join(blocks["lora"])
     from lorabench.adapters.lora import INITS
     from lorabench.adapters.rules import RULES

@@ -28,8 +28,10 @@ def describe_variants() -> str:
         cls = adapters.get(name)
         fields = sorted(dataclasses.fields(cls.Options), key=lambda f: f.name in rule_fields)  # rule options last
         opts = ", ".join(f"{f.name}={_default(f)!r}" for f in fields)
+        why = cls.unpackable()
+        packs = "yes (sweep --pack K trains such runs over one shared base)" if why is None else f"no: {why}"
         blocks.append(f"{name}\n    {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}\n"
-                      f"    options: {opts or '(none)'}")
+                      f"    options: {opts or '(none)'}\n    packs: {packs}")
     width = max(map(len, [*INITS, *RULES]))
     blocks.append("\ninitialisations (--opt init=NAME, with any variant that has an init option)")
     blocks += [f"    {name:<{width}}  {describe_init(name)}" for name in sorted(INITS)]
