@@ -173,6 +173,10 @@ class Variant(nn.Module):
     def unpackable(cls) -> str | None:
         """Why runs of this variant cannot share one frozen base in a pack (``lorabench.pack``), or
         None when they can: each run's change must be a low-rank product on the layer input."""
+        if cls.trains_base:
+            return "it trains the base weights"
+        if not cls.wraps_layers:
+            return "it adapts no layer (only the head trains)"
         return "its change to a layer is not a low-rank product on the layer input"
 
     # ---- compute ---------------------------------------------------------------------

@@ -267,8 +267,9 @@ def pack_notes(runs: list[PlannedRun], size: int) -> list[str]:
         if len(unit) == 1:
             why = packing.unpackable(unit[0].config) or "no other run shares its base"
             alone[why] = alone.get(why, 0) + 1
-    lines = [f"--pack {size}: {sum(map(len, packs))} runs in {len(packs)} packs over a shared base"]
-    return lines + [f"{n} run{'s' * (n != 1)} train alone: {why}" for why, n in alone.items()]
+    lines = [f"--pack {size}: {sum(map(len, packs))} runs in {len(packs)} pack{'s' * (len(packs) != 1)} "
+             "over a shared base"]
+    return lines + [f"{n} run{'s train' if n != 1 else ' trains'} alone: {why}" for why, n in alone.items()]
 
 
 PATH_KEYS = ("data_dir", "out")  # RunConfig fields that are paths
