@@ -1,5 +1,6 @@
 """The Ray sweep backend: a 2-run sweep on a local Ray, a rerun that skips both, and the
-one-line error without Ray (the only test CI runs: Ray is not in the ``test`` extra)."""
+one-line error without Ray, and a run killed inside a Ray worker then resumed (Ray is in the
+``test`` extra, so CI runs them all against a real local Ray)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,51 @@ def test_a_failing_task_is_recorded_and_reported_with_progress(local_ray, tmp_pa
     r = json.loads(result.read_text())
     assert results.validate(r) is None and r["status"] == "error" and "no_such_layer" in r["error"]
     assert "1 error" in captured.out
+
+
+def _run_processes(out: Path) -> list[int]:
+    """Pids of the run processes (``python -m lorabench.run``) of the sweep writing into ``out``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"lorabench.run" in args and any(str(out).encode() in a for a in args):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_a_killed_worker_run_is_recorded_and_a_resume_finishes_it(local_ray, tmp_path, capsys):
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    spec = {"base": TINY, "variants": {"lora": {"lr": [5e-4, 1e-3, 2e-3]}}}
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    killed: list[int] = []
+
+    def kill_the_first_run() -> None:  # a run process inside a Ray worker, SIGKILLed mid-run
+        deadline = time.time() + 120
+        while not killed and time.time() < deadline:
+            for pid in _run_processes(out):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_first_run)
+    killer.start()
+    assert cli.main(argv(path, out, "--quiet")) == 1  # one run failed
+    killer.join()
+    assert killed, "no run process was seen"
+    statuses = sorted(json.loads(p.read_text())["status"] for p in out.glob("run-*.json"))
+    assert statuses == ["error", "ok", "ok"]
+    [failed] = [json.loads(p.read_text()) for p in out.glob("run-*.json") if json.loads(p.read_text())["status"] != "ok"]
+    assert "killed by SIGKILL" in failed["error"] and results.validate(failed) is None
+    assert cli.main(argv(path, out, "--quiet", "--retry-failed")) == 0  # the resume reruns it alone
+    assert sorted(json.loads(p.read_text())["status"] for p in out.glob("run-*.json")) == ["ok", "ok", "ok"]
+    assert len(list(out.glob("run-*.json"))) == 3
