@@ -138,3 +138,32 @@ def test_a_killed_packed_sweep_resumes_without_losing_or_repeating_a_run(tmp_pat
     names = sorted(p.name for p in out.glob("run-*.json"))
     assert names == sorted([f"run-{short}.json", f"run-{long}.json"])  # none lost, none twice
     assert json.loads((out / f"run-{long}.json").read_text())["status"] == "ok"
+
+
+def test_a_diverging_run_leaves_the_pack_and_the_others_train_on(tmp_path):
+    steady = {"variant": "lora", "lr": 1e-3, "seed": 0, "grad_accum": 2, "batch_size": 8, "eval_every": 2}
+    wild = {"variant": "lora", "lr": 1e4, "seed": 1, "epochs": 3}
+    packed = execute_pack([config(tmp_path / "packed", **steady), config(tmp_path / "packed", **wild)])
+    alone = execute(config(tmp_path / "alone", **steady), progress=False)
+    assert packed[1]["status"] == "diverged" and "lower the learning rate" in packed[1]["error"]
+    assert packed[1]["steps"]["done"] < packed[1]["steps"]["total"]  # it left the pack early
+    assert packed[0]["status"] == alone["status"] == "ok"
+    assert [s for s, _ in packed[0]["train_loss"]] == [s for s, _ in alone["train_loss"]]
+    for (_, lp), (_, la) in zip(packed[0]["train_loss"], alone["train_loss"]):
+        assert abs(lp - la) <= 1e-5 * abs(la)
+    assert [h["step"] for h in packed[0]["history"]] == [h["step"] for h in alone["history"]]  # every 2 steps
+    assert packed[0]["best"] == alone["best"]
+
+
+def test_a_pack_with_dropout_and_bf16_trains_and_is_reproducible(tmp_path):
+    runs = [{"variant": "lora", "lr": 1e-3, "seed": 0, "model_dropout": 0.1, "opt": 0.1},
+            {"variant": "olora", "lr": 1e-3, "seed": 1, "model_dropout": 0.1, "opt": 0.0}]
+
+    def cfgs(out):
+        return [RunConfig.from_dict(BASE | {k: v for k, v in r.items() if k != "opt"}
+                                    | {"options": {"dropout": r["opt"]}, "precision": "bf16", "out": str(out)})
+                for r in runs]
+
+    first, again = execute_pack(cfgs(tmp_path / "a")), execute_pack(cfgs(tmp_path / "b"))
+    assert [r["status"] for r in first] == ["ok", "ok"] and first[0]["env"]["precision"] == "bf16"
+    assert [r["train_loss"] for r in first] == [r["train_loss"] for r in again]  # per-run generators: the same draw
