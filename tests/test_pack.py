@@ -75,15 +75,18 @@ def test_packed_layers_give_each_run_its_own_outputs_and_gradients(tmp_path):
         m.train()
         out = m(**b)
         out.loss.backward()
-        expected.append((out.logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+        expected.append((out.logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad},
+                         float(out.loss)))
         m.zero_grad()
     shared, tokenizer = models.load_model("minilm", "sst2", layers=2, dropout=0.0)
     for m in runs:
         share_frozen(m, shared)
     packed = PackedModel(shared, runs, [c.seed for c in cfgs], tokenizer.pad_token_id).train()
-    logits, loss, seg = packed([0, 1, 2, 3], batches)
-    PackedModel.run_means(loss, seg).sum().backward()
-    for (want, grads), got, m in zip(expected, logits.split(seg.rows), runs):
+    with torch.no_grad():
+        logits, _, seg = packed([0, 1, 2, 3], batches)
+    means = packed.backward([0, 1, 2, 3], batches, [1.0] * 4)  # chunked by length, one backward each
+    for (want, grads, loss), got, m, mean in zip(expected, logits.split(seg.rows), runs, means):
+        assert abs(mean - loss) <= 1e-5 * abs(loss)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         for n, p in m.named_parameters():
             if p.requires_grad:

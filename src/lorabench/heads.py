@@ -116,8 +116,13 @@ class MeanPoolClassifier(nn.Module):
         logits = self.head(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
-            if self.config.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.long())
+            loss = task_loss(logits, labels, self.config.problem_type == "regression")
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool, reduction: str = "mean") -> torch.Tensor:
+    """The training loss of a classification head, in fp32: MSE on the one output for regression
+    (STS-B), else cross-entropy; ``reduction="none"`` gives one value per row (``lorabench.pack``)."""
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)

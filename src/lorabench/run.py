@@ -46,14 +46,19 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def load_base(cfg: RunConfig):
+    """(model, tokenizer): the base model ``cfg`` names, with the task's head, before any adapter."""
+    return models.load_model(cfg.model, get_task(cfg.task), head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
+                             trust_remote_code=cfg.trust_remote_code, dropout=cfg.model_dropout)
+
+
 def load(cfg: RunConfig):
     """Task, adapted model, tokenizer and loaders for ``cfg`` (raises on bad input)."""
     if cfg.quantize is not None:
         fourbit.bitsandbytes()  # says how to install it, before anything is loaded
     task = get_task(cfg.task)
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
-    model, tokenizer = models.load_model(cfg.model, task, head=cfg.head, layers=cfg.layers, pooling=cfg.pooling,
-                                         trust_remote_code=cfg.trust_remote_code, dropout=cfg.model_dropout)
+    model, tokenizer = load_base(cfg)
     check_max_length(model, tokenizer, cfg.max_length, cfg.model)
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits

@@ -89,6 +89,25 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], 
     return factor
 
 
+def make_optimizer(model, cfg: RunConfig) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
+    """AdamW over the variant's parameter groups (``inject.param_groups``), and the tensors it trains."""
+    groups = inject.param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for g in groups for p in g["params"]]
+    if not trainable:
+        raise RuntimeError(f"variant {cfg.variant!r} left nothing to train; check its options and targets")
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), trainable
+
+
+def make_schedule(optimizer, cfg: RunConfig, state: TrainState, batches_per_epoch: int):
+    """Steps per epoch and in all (into ``state``), and the linear warmup + decay over them."""
+    state.steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    if state.steps_per_epoch == 0:
+        raise RuntimeError("the training set is empty; raise --train-limit or check the data folder")
+    state.total_steps = max(1, math.ceil(round(cfg.epochs * state.steps_per_epoch, 6)))
+    warmup = math.ceil(cfg.warmup_ratio * state.total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, state.total_steps))
+
+
 def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progress: bool = True,
         state: TrainState | None = None) -> dict[str, Any]:
     """Train ``model`` (already adapted by ``lorabench.apply``) and evaluate it on ``dev_loaders``.
@@ -113,21 +132,11 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
         enable_grad_checkpointing(model)
 
     # ---- optimizer, schedule, device placement -------------------------------------
-    groups = inject.param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    trainable = [p for g in groups for p in g["params"]]
-    if not trainable:
-        raise RuntimeError(f"variant {cfg.variant!r} left nothing to train; check its options and targets")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer, trainable = make_optimizer(model, cfg)
     model, optimizer, train_loader, *dev = accelerator.prepare(model, optimizer, train_loader, *dev_loaders.values())
     dev_loaders = dict(zip(dev_loaders, dev))
     core = accelerator.unwrap_model(model)  # lorabench hooks need the model itself, not a DDP wrapper
-
-    state.steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
-    if state.steps_per_epoch == 0:
-        raise RuntimeError("the training set is empty; raise --train-limit or check the data folder")
-    state.total_steps = max(1, math.ceil(round(cfg.epochs * state.steps_per_epoch, 6)))
-    warmup = math.ceil(cfg.warmup_ratio * state.total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, state.total_steps))
+    scheduler = make_schedule(optimizer, cfg, state, len(train_loader))
 
     train_clock, eval_clock, prep_clock = Stopwatch(cuda), Stopwatch(cuda), Stopwatch(cuda)
     seen = Throughput()

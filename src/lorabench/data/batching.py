@@ -282,8 +282,7 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
         if value is not None:
             _check_positive(value, flag, "or leave it unset to use the whole split")
     source = resolve_source(data_dir, task=spec, revision=data_revision)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    collate = Collator(pad_id, spec.is_regression)
+    collate = Collator(pad_token_id(tokenizer), spec.is_regression)
     common = dict(max_length=max_length, format_fn=format_fn, cache_dir=cache_dir, progress=progress)
 
     train_all = source.load(spec, "train")
@@ -295,16 +294,19 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     sampler = ShuffledBatches(train_ds.lengths, batch_size, seed=seed, group_by_length=group_by_length)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
 
-    return train_loader, dev_loaders(source, spec, tokenizer, eval_batch_size, eval_limit, collate, common)
+    return train_loader, dev_loaders(source, spec, tokenizer, eval_batch_size, eval_limit, common)
 
 
-def dev_loaders(source, spec: TaskSpec, tokenizer, batch_size: int, eval_limit: int | None, collate=None,
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its eos token, else 0."""
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+
+
+def dev_loaders(source, spec: TaskSpec, tokenizer, batch_size: int, eval_limit: int | None,
                 common: dict | None = None) -> dict[str, DataLoader]:
     """{dev split: loader} in file order: ``eval_limit`` examples drawn with EVAL_SUBSET_SEED, the
     same for every run (``lorabench eval`` reads them without the training set)."""
-    if collate is None:
-        pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-        collate = Collator(pad_id, spec.is_regression)
+    collate = Collator(pad_token_id(tokenizer), spec.is_regression)
     loaders = {}
     for split in spec.dev_splits:
         dev_ex = subset(source.load(spec, split), eval_limit, EVAL_SUBSET_SEED)

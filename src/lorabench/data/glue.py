@@ -178,11 +178,16 @@ def _header_index(header: list[str], name: str, path: Path) -> int:
     return header.index(name)
 
 
-def read_tsv(path: str | os.PathLike, spec: TaskSpec, split: str) -> list[Example]:
-    """Read one GLUE TSV file into Examples. Test files without labels give label -1."""
-    path = Path(path)
+def check_file(path: Path, spec: TaskSpec) -> Path:
+    """``path``, or a DataError saying which GLUE file is missing and where to point lorabench."""
     if not path.is_file():
         raise DataError(f"missing GLUE file {path}; {FIX_DIR} that holds {spec.glue_dir}/{path.name}")
+    return path
+
+
+def read_tsv(path: str | os.PathLike, spec: TaskSpec, split: str) -> list[Example]:
+    """Read one GLUE TSV file into Examples. Test files without labels give label -1."""
+    path = check_file(Path(path), spec)
     cols = spec.columns_for(split)
     unlabelled_ok = split in spec.test_splits
     try:
@@ -252,9 +257,7 @@ class Source:
 
     def file(self, spec: TaskSpec, split: str, must_exist: bool = False) -> Path:
         path = self.task_dir(spec) / spec.files[split]
-        if must_exist and not path.is_file():
-            raise DataError(f"missing GLUE file {path}; {FIX_DIR} that holds {spec.glue_dir}/{path.name}")
-        return path
+        return check_file(path, spec) if must_exist else path
 
     def load(self, task: str | TaskSpec, split: str) -> list[Example]:
         spec = get_task(task)

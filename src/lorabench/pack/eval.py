@@ -15,37 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from .. import models
 from ..adapters import registry
 from ..checkpoint import load_adapter, read_adapter_config
 from ..data import get_task
-from ..data.batching import dev_loaders
+from ..data.batching import dev_loaders, pad_token_id
 from ..data.glue import resolve_source
 from ..errors import AdapterFileError
-from ..metrics import compute
+from ..train import evaluate
 from .model import PackedModel, evaluate_pack, share_frozen
 
 
-def _base_of(config: dict, directory: Path) -> tuple[str, Any, str]:
+def _base_of(config: dict) -> tuple[str, Any, str]:
+    """(base model, layers, pooling) an adapter was trained on."""
     arch = config.get("architecture") or {}
     pooling = "mean" if config.get("pooling") == "mean" else "cls"
     return str(config.get("base_model")), arch.get("layers"), pooling
-
-
-@torch.no_grad()
-def _evaluate_alone(model, loaders: dict, task, device) -> dict:
-    model.eval()
-    out = {}
-    for split, loader in loaders.items():
-        preds, labels = [], []
-        for batch in loader:
-            logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.float()
-            preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
-            labels.append(batch["labels"])
-        out[split] = {k: float(v) for k, v in
-                      compute(task, torch.cat(preds).cpu().tolist(), torch.cat(labels).tolist()).items()}
-    return out
 
 
 def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model: str | None = None,
@@ -56,7 +43,7 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
         raise AdapterFileError("no adapter folders given; pass one or more run-<id>-adapter folders")
     dirs = [Path(d) for d in directories]
     configs = [read_adapter_config(d) for d in dirs]
-    bases = [_base_of(c, d) for c, d in zip(configs, dirs)]
+    bases = [_base_of(c) for c in configs]
     digests = [(c.get("architecture") or {}).get("digest") for c in configs]
     for d, base, digest in zip(dirs[1:], bases[1:], digests[1:]):
         if (base, digest) != (bases[0], digests[0]):
@@ -80,13 +67,12 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
     if packs:
         for k in packs:
             share_frozen(own[k], shared)
-        packed = PackedModel(shared, [own[k] for k in packs], [0] * len(packs),
-                             next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0))
+        packed = PackedModel(shared, [own[k] for k in packs], [0] * len(packs), pad_token_id(tokenizer))
         packed.to(device)
         for k, got in zip(packs, evaluate_pack(packed, list(range(len(packs))), loaders, spec, device, None)):
             metrics[k] = got
     for k in range(len(dirs)):
         if k not in metrics:
-            metrics[k] = _evaluate_alone(own[k].to(device), loaders, spec, device)
+            metrics[k] = evaluate(own[k].to(device), loaders, spec, Accelerator(cpu=device.type == "cpu"))
     return [{"adapter": str(d), "variant": c["variant"], "options": c["options"], "packed": k in packs,
              "metrics": metrics[k]} for k, (d, c) in enumerate(zip(dirs, configs))]

@@ -17,9 +17,7 @@ out-of-memory retry are per process), fp16 loss scaling, gradient checkpointing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -29,7 +27,8 @@ from .. import distributed, inject
 from ..divergence import check_after_training, divergence
 from ..measure import Stopwatch, Throughput, peak_memory, reset_peak_memory
 from ..precision import resolve_precision
-from ..train import TrainState, linear_warmup_decay, record_evaluation, set_seed, split_batch, step_groups
+from ..train import (TrainState, make_optimizer, make_schedule, record_evaluation, set_seed, split_batch,
+                     step_groups)
 from .model import PackedModel, RunView, evaluate_pack
 
 
@@ -68,22 +67,12 @@ class Member:
 
 
 def _setup(m: Member, accelerator) -> None:
-    cfg = m.cfg
-    groups = inject.param_groups(m.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    m.trainable = [p for g in groups for p in g["params"]]
-    if not m.trainable:
-        raise RuntimeError(f"variant {cfg.variant!r} left nothing to train; check its options and targets")
-    m.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """The run's optimizer, loaders and schedule, as ``train.fit`` makes them."""
+    m.optimizer, m.trainable = make_optimizer(m.model, m.cfg)
     m.train_loader, *dev = accelerator.prepare(m.train_loader, *m.dev_loaders.values())
     m.dev_loaders = dict(zip(m.dev_loaders, dev))
-    s = m.state
-    s.steps_per_epoch = math.ceil(len(m.train_loader) / cfg.grad_accum)
-    if s.steps_per_epoch == 0:
-        raise RuntimeError("the training set is empty; raise --train-limit or check the data folder")
-    s.total_steps = max(1, math.ceil(round(cfg.epochs * s.steps_per_epoch, 6)))
-    warmup = math.ceil(cfg.warmup_ratio * s.total_steps)
-    m.scheduler = torch.optim.lr_scheduler.LambdaLR(m.optimizer, linear_warmup_decay(warmup, s.total_steps))
-    s.memory["oom_retries"] = 0
+    m.scheduler = make_schedule(m.optimizer, m.cfg, m.state, len(m.train_loader))
+    m.state.memory["oom_retries"] = 0
 
 
 def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Callable[[Member], None]) -> float:
@@ -123,7 +112,7 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
             clock.stop()
             view = RunView(packed, m.index)
             check_after_training(view, m.model, split_batch(m.last_group[0], m.cfg.batch_size)[0], m.first_loss,
-                                 SimpleNamespace(device=accelerator.device, num_processes=1), amp, s, task)
+                                 accelerator, amp, s, task)
             clock.start()
         s.time.update(train_s=m.train_s, eval_s=m.eval_s, examples=m.seen.examples, tokens=m.seen.tokens,
                       pack_wall_s=clock.elapsed, **m.seen.rates(m.train_s))

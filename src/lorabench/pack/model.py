@@ -21,6 +21,7 @@ from .. import inject
 from ..metrics import compute
 from ..precision import autocast
 from ..adapters.base import AdaptedLinear
+from ..heads import task_loss
 from ..targets import set_module
 from .layers import Pack, PackedHead, PackedLinear, Segments
 
@@ -58,7 +59,8 @@ def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> 
     are cut to the chunk's longest row (right padding: the columns cut are padding for all)."""
     rows = []
     for j, b in enumerate(batches):
-        lengths = b["attention_mask"].sum(1).tolist() if "attention_mask" in b else [b["input_ids"].shape[1]] * len(b)
+        ids = b["input_ids"]
+        lengths = b["attention_mask"].sum(1).tolist() if "attention_mask" in b else [ids.shape[1]] * len(ids)
         rows += [(-int(n), j, i) for i, n in enumerate(lengths)]
     rows.sort()
     out, start = [], 0
@@ -115,12 +117,7 @@ class PackedModel(nn.Module):
         segments = Segments(runs, rows)
         with self.pack.rows(segments):
             logits = self.shared(**inputs).logits
-        loss = None
-        if labels is not None:
-            if self.regression:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="none")
-            else:
-                loss = F.cross_entropy(logits.float(), labels.long(), reduction="none")
+        loss = None if labels is None else task_loss(logits, labels, self.regression, reduction="none")
         return logits, loss, segments
 
     def backward(self, runs: list[int], batches: list[dict], weights: list[float], amp=None) -> list[float]:
@@ -139,13 +136,6 @@ class PackedModel(nn.Module):
             (loss * row_weight[where]).sum().backward()
             sums.index_add_(0, where, loss.detach().float())
         return (sums / counts).tolist()
-
-    @staticmethod
-    def run_means(loss: torch.Tensor, segments: Segments) -> torch.Tensor:
-        """(K,) each run's mean loss over its own rows."""
-        owner = segments.owner(loss.device)
-        sums = torch.zeros(len(segments), dtype=loss.dtype, device=loss.device).index_add_(0, owner, loss)
-        return sums / torch.tensor(segments.rows, dtype=loss.dtype, device=loss.device)
 
 
 class RunView(nn.Module):

@@ -26,7 +26,8 @@ from .. import models, results
 from ..config import RunConfig, load_yaml
 from ..errors import INPUT_ERRORS, ConfigError
 from ..launch import die_with_parent
-from ..run import load, result_of, save_run_adapter
+from ..data.batching import pad_token_id
+from ..run import load, load_base, result_of, save_run_adapter
 from . import plan
 from .fit import Member, fit_pack
 from .model import PackedModel, share_frozen
@@ -57,17 +58,14 @@ def execute_pack(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
     for c in cfgs:
         results.check_writable(c.out)
     started = results.now()
-    c0 = cfgs[0]
     task = None
-    shared, tokenizer = models.load_model(c0.model, c0.task, head=c0.head, layers=c0.layers, pooling=c0.pooling,
-                                          trust_remote_code=c0.trust_remote_code, dropout=c0.model_dropout)
+    shared, tokenizer = load_base(cfgs[0])
     members = []
     for k, cfg in enumerate(cfgs):  # each loaded exactly as alone, then its frozen tensors shared
         task, model, _, train_loader, dev_loaders = load(cfg)
         share_frozen(model, shared)
         members.append(Member(k, cfg, model, train_loader, dev_loaders))
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    packed = PackedModel(shared, [m.model for m in members], [c.seed for c in cfgs], pad)
+    packed = PackedModel(shared, [m.model for m in members], [c.seed for c in cfgs], pad_token_id(tokenizer))
     written: dict[int, dict] = {}
 
     def write(m: Member) -> None:
