@@ -20,7 +20,7 @@ from typing import Any
 
 from . import units
 from .adapters import registry
-from .choices import HEADS, POOLINGS, PRECISIONS, QUANT_TYPES
+from .choices import HEADS, LOG_WITH, POOLINGS, PRECISIONS, QUANT_TYPES
 from .data.fingerprint import fingerprint_of
 from .data.glue import get_task, locate
 from .errors import ConfigError, DataError, VariantError
@@ -104,6 +104,14 @@ class RunConfig:
                               metavar="N")
     log_every: int = setting(10, "record the mean training loss every N optimizer steps", group=_EVAL,
                              metavar="N", hyperparameter=False)
+    log_with: str | None = setting(None, "experiment tracker through accelerate, offline by default (all: every "
+                                         "installed one)", group=_EVAL, choices=LOG_WITH, hashed=False,
+                                   hyperparameter=False)
+    logging_dir: str | None = setting(None, "folder for the tracker files (unset: <out>/tracking)", group=_EVAL,
+                                      metavar="DIR", hashed=False, hyperparameter=False)
+    tracker_group: str | None = setting(None, "tracker experiment / group of this run (unset: lorabench; a sweep "
+                                              "sets its name)", group=_EVAL, metavar="NAME", hashed=False,
+                                        hyperparameter=False)
     # ---- resources ------------------------------------------------------------------
     memory_budget: str | int | None = setting(None, "GPU memory cap, e.g. 8GiB, 512MiB or bytes", group=_RES,
                                               hyperparameter=False)
@@ -166,6 +174,8 @@ class RunConfig:
             check(v is None or v >= 1, f"{name} must be >= 1 (or null for all examples), got {v}")
         check(self.eval_every >= 0, f"eval_every must be >= 0 (0 = every epoch), got {self.eval_every}")
         check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        check(self.log_with is None or self.log_with in LOG_WITH,
+              f"log_with must be null or one of {', '.join(LOG_WITH)}, got {self.log_with!r}")
         check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check(
             self.quantize is None or self.quantize in QUANT_TYPES,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, fourbit, inject, quant, results
+from . import distributed, fourbit, inject, quant, results, trackers
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
 from .data import build_loaders, get_task
@@ -127,26 +127,29 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                           "drop it, or train with DDP (--num-processes N) to save the adapter")
     if main:
         results.check_writable(cfg.out)
+    trackers.check_installed(cfg.log_with)  # says what to pip install, before anything is loaded
     if distributed.needs_launch(cfg):
         return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
     started = results.now()
     task, model, _tokenizer, train_loader, dev_loaders = load(cfg)
     state = TrainState()
     error: BaseException | None = None
-    try:
-        fit(model, train_loader, dev_loaders, task, cfg, progress=progress, state=state)
-    except ConfigError:
-        raise  # the CUDA probe found the memory budget too small: an input error
-    except torch.cuda.OutOfMemoryError as e:
-        state.status, state.error, error = "oom", f"CUDA out of memory: {str(e).splitlines()[0]}", e
-    except Exception as e:  # recorded in the result, then raised as RunFailed
-        state.status, state.error, error = "error", f"{type(e).__name__}: {e}", e
+    with trackers.open_run(cfg, rid) if main else trackers.NULL as tracker:  # closed however the run ends
+        try:
+            fit(model, train_loader, dev_loaders, task, cfg, progress=progress, state=state, tracker=tracker)
+        except ConfigError:
+            raise  # the CUDA probe found the memory budget too small: an input error
+        except torch.cuda.OutOfMemoryError as e:
+            state.status, state.error, error = "oom", f"CUDA out of memory: {str(e).splitlines()[0]}", e
+        except Exception as e:  # recorded in the result, then raised as RunFailed
+            state.status, state.error, error = "error", f"{type(e).__name__}: {e}", e
 
-    adapter_bytes = None
-    if cfg.save_adapter and state.status == "ok" and main:
-        adapter_bytes = save_run_adapter(cfg, rid, model)
+        adapter_bytes = None
+        if cfg.save_adapter and state.status == "ok" and main:
+            adapter_bytes = save_run_adapter(cfg, rid, model)
 
-    result = result_of(cfg, rid, data, started, task, model, state, train_loader, dev_loaders, adapter_bytes)
+        result = result_of(cfg, rid, data, started, task, model, state, train_loader, dev_loaders, adapter_bytes)
+        tracker.log_result(result)
     if main:
         results.write_json_atomic(path, result)
     if error is not None:

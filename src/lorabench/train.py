@@ -33,6 +33,7 @@ from . import distributed, inject
 from .divergence import check_after_training, divergence
 from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
+from .trackers import NULL, RunTracker
 from .measure import (
     Stopwatch,
     Throughput,
@@ -109,7 +110,7 @@ def make_schedule(optimizer, cfg: RunConfig, state: TrainState, batches_per_epoc
 
 
 def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progress: bool = True,
-        state: TrainState | None = None) -> dict[str, Any]:
+        state: TrainState | None = None, tracker: RunTracker = NULL) -> dict[str, Any]:
     """Train ``model`` (already adapted by ``lorabench.apply``) and evaluate it on ``dev_loaders``.
 
     Returns ``state.summary()``: history, best and final metrics, loss curve, timings,
@@ -182,6 +183,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
             nonlocal since_eval, evaluated_at
             _evaluate_and_record(model, dev_loaders, task, accelerator, amp, state, since_eval, train_clock,
                                  eval_clock)
+            tracker.log_evaluation(state.history[-1])
             since_eval, evaluated_at = [], state.step
 
         while state.step < state.total_steps and state.status == "ok":  # one pass = one epoch
@@ -217,6 +219,7 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 inject.on_step(core, state.step, state.total_steps)
+                tracker.log_step(state.step, step_loss, cfg.lr, scheduler, seen.rates(train_clock.elapsed))
 
                 since_log.append(step_loss)
                 since_eval.append(step_loss)

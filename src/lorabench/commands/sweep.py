@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import trackers
 from ..choices import BACKENDS
 from ..config import RunConfig
 from ..errors import SweepError
@@ -70,7 +71,24 @@ def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = Ru
         overrides["seeds"] = args.seeds
     if getattr(args, "pack", None) is not None:
         overrides["pack"] = args.pack
-    return load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
+    sweep = load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
+    return group_tracker_runs(sweep)
+
+
+def group_tracker_runs(sweep: Sweep) -> Sweep:
+    """Each run of ``sweep`` logs to a tracker run of its own (``lorabench.trackers``), grouped by the
+    sweep's name unless ``tracker_group`` is given. Refused with --pack (a pack logs to no tracker)
+    and for a tracker that is not installed, before any run starts. The group is no part of a run id."""
+    logged = sorted({r.config.log_with for r in sweep.runs} - {None})
+    if logged and sweep.pack > 1:
+        raise SweepError(f"--log-with {logged[0]} logs runs that train one per process, and --pack {sweep.pack} "
+                         "trains several in one process, which logs to no tracker; drop --pack or --log-with")
+    for name in logged:
+        trackers.check_installed(name)
+    for run in sweep.runs:
+        if run.config.tracker_group is None:
+            run.config.tracker_group = sweep.name
+    return sweep
 
 
 def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
