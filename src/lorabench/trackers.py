@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .choices import TRACKERS
 from .errors import ConfigError
@@ -120,7 +120,7 @@ class RunTracker:
         for t in trackers:
             t.finish()
 
-    def __enter__(self) -> "RunTracker":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
