@@ -98,6 +98,9 @@ class RunConfig:
                                       group=_OPT, metavar="N")
     eval_limit: int | None = setting(None, "evaluate on a fixed random subset of N examples of each dev split "
                                            "(unset: all)", group=_OPT, metavar="N")
+    val_size: int | None = setting(None, "hold out N training examples (the same for every run) as a 'val' split "
+                                         "that picks the best evaluation and configuration, so dev only reports "
+                                         "(unset: dev does both)", group=_OPT, metavar="N")
     seed: int = setting(0, "seeds python, numpy, torch and the data order", group=_OPT, hyperparameter=False)
     # ---- evaluation and logging -----------------------------------------------------
     eval_every: int = setting(0, "evaluate every N optimizer steps (0 = after every epoch)", group=_EVAL,
@@ -169,7 +172,7 @@ class RunConfig:
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}; e.g. --max-length 128")
-        for name in ("train_limit", "eval_limit"):
+        for name in ("train_limit", "eval_limit", "val_size"):
             v = getattr(self, name)
             check(v is None or v >= 1, f"{name} must be >= 1 (or null for all examples), got {v}")
         check(self.eval_every >= 0, f"eval_every must be >= 0 (0 = every epoch), got {self.eval_every}")
@@ -265,8 +268,9 @@ class RunConfig:
         out["memory_budget"] = self.budget_bytes()
         if self.num_processes == 1:  # the run ids of single-process runs predate the field
             del out["num_processes"]
-        if self.model_dropout is None:  # nor does a checkpoint's own dropout change them
-            del out["model_dropout"]
+        for name in ("model_dropout", "val_size"):  # nor does an unset newer field change them
+            if getattr(self, name) is None:
+                del out[name]
         return out
 
     def data_fingerprint(self) -> dict[str, Any]:

@@ -9,6 +9,13 @@ user's session and needs no display. One figure per (model, task) for the per-ta
   seeds, at the steps every seed evaluated; only variants evaluated at >= 2 steps);
 - ``rank-*``:    dev metric vs rank (log2 x), best over the other hyperparameters at each rank, one
   line per variant and targets setting -- only when some variant ran >= 2 ranks;
+- ``forest-*``:  each variant's best configuration as its mean dev metric with the 95% interval
+  over seeds (a dot alone with one seed), sorted by mean; filled markers for the best and the
+  methods tied with it, hollow for those significantly below it, the reference's mean as a line;
+- ``lr-*``:      dev metric vs learning rate (log x), one line per variant: at each lr the
+  configuration the selection split prefers (``selection.select_best`` among that lr's), its mean
+  over seeds with the 95% interval as a band -- the learning-rate sensitivity of each method, and
+  whether a tuned LoRA matches the variants; only variants that ran >= 2 lrs;
 and one per model for the costs: ``train-time-*`` and ``peak-memory-*`` (bars per variant, grouped
 by task).
 """
@@ -142,6 +149,69 @@ def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path
     return _save(fig, out, f"rank-{model}-{task}")
 
 
+def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
+    from .stats import mean_ci
+
+    cells = sorted(((k[2], c) for k, c in report.best.items() if k[:2] == (model, task)), key=lambda vc: vc[1].mean)
+    if len(cells) < 2:
+        return None
+    fig, ax = _figure(height=max(2.4, 0.42 * len(cells) + 1.2))
+    for y, (variant, c) in enumerate(cells):
+        style, verdict = _style(report, variant), report.verdicts.get((model, task, variant))
+        ci = mean_ci(c.values)
+        xerr = None if ci is None else [[100 * (c.mean - ci[0])], [100 * (ci[1] - c.mean)]]
+        hollow = verdict is not None and verdict.tied is False
+        ax.errorbar(100 * c.mean, y, xerr=xerr, fmt=style["marker"], capsize=3, color=style["color"],
+                    markerfacecolor="white" if hollow else style["color"])
+        if variant == "lora":
+            ax.axvline(100 * c.mean, color="0.6", lw=1, ls="--", zorder=0)
+    ax.set_yticks(range(len(cells)), [v for v, _ in cells])
+    n = sorted({c.n for _, c in cells})
+    ax.set(xlabel=f"dev {cells[0][1].metric_name} ×100 (mean, 95% CI over {'/'.join(map(str, n))} seeds)",
+           title=f"{task}: best configuration per method ({model})")
+    return _save(fig, out, f"forest-{model}-{task}")
+
+
+def lr_curves(report: Any, model: str, task: str) -> dict[str, list[tuple[float, Any]]]:
+    """variant -> [(lr, the configuration selected at that lr)], for variants with >= 2 lrs."""
+    from .selection import select_best
+
+    by_lr: dict[tuple[str, float], list] = {}
+    for c in report.configs:
+        lr = c.flat.get("lr")
+        if (c.model, c.task) == (model, task) and isinstance(lr, (int, float)):
+            by_lr.setdefault((c.variant, float(lr)), []).append(c)
+    curves: dict[str, list[tuple[float, Any]]] = {}
+    for (variant, lr), group in sorted(by_lr.items()):
+        chosen = select_best(group).get((model, task, variant))
+        if chosen is not None:
+            curves.setdefault(variant, []).append((lr, chosen))
+    return {v: points for v, points in curves.items() if len(points) >= 2}
+
+
+def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
+    from .stats import mean_ci
+
+    curves = lr_curves(report, model, task)
+    if not curves:
+        return None
+    fig, ax = _figure(entries=len(curves))
+    for variant, points in sorted(curves.items()):
+        style = _style(report, variant)
+        lrs, means = [lr for lr, _ in points], [100 * c.mean for _, c in points]
+        ax.plot(lrs, means, marker=style["marker"], markersize=4, label=variant, color=style["color"])
+        band = [(lr, mean_ci(c.values)) for lr, c in points]
+        band = [(lr, ci) for lr, ci in band if ci is not None]
+        if len(band) >= 2:
+            ax.fill_between([lr for lr, _ in band], [100 * ci[0] for _, ci in band], [100 * ci[1] for _, ci in band],
+                            color=style["color"], alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=f"dev {points[0][1].metric_name} ×100 (mean over seeds)",
+           title=f"{task}: learning-rate sensitivity ({model})")
+    _legend(fig, ax)
+    return _save(fig, out, f"lr-{model}-{task}")
+
+
 def plot_cost(report: Any, model: str, attr: str, label: str, scale: float, out: Path) -> tuple[Path, Path] | None:
     cells = {(k[1], k[2]): c.avg(attr) for k, c in report.best.items() if k[0] == model and c.avg(attr) is not None}
     if not cells:
@@ -167,7 +237,8 @@ def make_plots(report: Any, out: str | Path) -> list[tuple[Path, Path]]:
     pairs = sorted({k[:2] for k in report.best})
     for model, task in pairs:
         figures += [plot_pareto(report, model, task, out), plot_history(report, model, task, out),
-                    plot_rank(report, model, task, out)]
+                    plot_rank(report, model, task, out), plot_forest(report, model, task, out),
+                    plot_lr(report, model, task, out)]
     for model in sorted({m for m, _ in pairs}):
         figures += [plot_cost(report, model, "train_s", "train time (s)", 1.0, out),
                     plot_cost(report, model, "peak_bytes", "peak memory (MiB)", 2**20, out)]

@@ -228,13 +228,19 @@ def validate(data: Any) -> str | None:
     return None
 
 
-def status_of(path: Path) -> str | None:
-    """The status recorded in a result file, or None when there is no valid result."""
+def read_result(path: Path) -> dict | None:
+    """The result in ``path``, or None when there is no valid result."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data["status"] if validate(data) is None else None
+    return data if validate(data) is None else None
+
+
+def status_of(path: Path) -> str | None:
+    """The status recorded in a result file, or None when there is no valid result."""
+    data = read_result(path)
+    return None if data is None else data["status"]
 
 
 def load_results(folder: str | os.PathLike, warn: bool = True) -> Iterator[tuple[Path, dict]]:
@@ -265,13 +271,27 @@ def file_stamp(path: str | os.PathLike) -> tuple | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def metric_of(result: dict, where: str = "best") -> tuple[float | None, str | None]:
-    """(value, name) of the primary metric on the first dev split of ``result[where]`` ("best" or
-    "final"); the value is None when it is missing or not finite."""
+#: The evaluation split a run holds out of its training set to select on (``data.batching.VAL_SPLIT``).
+VAL = "val"
+
+
+def _split_metrics(metrics: dict, select: bool) -> dict:
+    """The metrics of one split of an evaluation: the reported one (the first dev split), or with
+    ``select`` the one that selects (``val`` when the run held one out, else that same dev split)."""
+    if not isinstance(metrics, dict) or not metrics:
+        return {}
+    if select and VAL in metrics:
+        return metrics[VAL] if isinstance(metrics[VAL], dict) else {}
+    first = next((m for split, m in metrics.items() if split != VAL), {})
+    return first if isinstance(first, dict) else {}
+
+
+def metric_of(result: dict, where: str = "best", select: bool = False) -> tuple[float | None, str | None]:
+    """(value, name) of the primary metric of ``result[where]`` ("best" or "final") on the first
+    dev split (``select``: on the split that selects, ``val`` when the run held one out); the value
+    is None when it is missing or not finite."""
     name = result.get("primary_metric")
-    splits = ((result.get(where) or {}).get("metrics") or {})
-    first = next(iter(splits.values()), {}) if splits else {}
-    value = first.get(name) if isinstance(first, dict) else None
+    value = _split_metrics((result.get(where) or {}).get("metrics"), select).get(name)
     return (float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None), name
 
 
@@ -279,8 +299,7 @@ def history_of(result: dict) -> list[tuple[int, float]]:
     """(step, primary metric on the first dev split) of every evaluation in ``history``."""
     name, out = result.get("primary_metric"), []
     for h in result.get("history") or []:
-        metrics = h.get("metrics") or {}
-        first = next(iter(metrics.values()), {}) if metrics else {}
-        if isinstance(first, dict) and isinstance(first.get(name), (int, float)):
-            out.append((int(h.get("step") or 0), float(first[name])))
+        value = _split_metrics(h.get("metrics"), False).get(name)
+        if isinstance(value, (int, float)):
+            out.append((int(h.get("step") or 0), float(value)))
     return out

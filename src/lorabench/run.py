@@ -76,7 +76,7 @@ def load(cfg: RunConfig):
     train_loader, dev_loaders = build_loaders(
         task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length, batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
-        data_revision=cfg.data_revision, seed=cfg.seed, group_by_length=cfg.group_by_length, format_fn=format_fn, progress=not cfg.quiet,
+        data_revision=cfg.data_revision, val_size=cfg.val_size, seed=cfg.seed, group_by_length=cfg.group_by_length, format_fn=format_fn, progress=not cfg.quiet,
     )
     if prepare_first:
         _prepare_then_quantize(model, train_loader, cfg)

@@ -43,3 +43,44 @@ def paired_t_test(a: list[float], b: list[float]) -> float | None:
         return float(ttest_rel(a, b).pvalue)
     except ImportError:
         return t_two_sided_p(mean / (sd / math.sqrt(len(d))), len(d) - 1)
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (0.5 < q < 1) of Student's t with integer df: scipy's ``t.ppf`` when
+    installed, else bisection on the exact tail ``t_two_sided_p`` (monotone in t)."""
+    try:
+        from scipy.stats import t as student_t
+
+        return float(student_t.ppf(q, df))
+    except ImportError:
+        pass
+    target, lo, hi = 2 * (1 - q), 0.0, 1.0
+    while t_two_sided_p(hi, df) > target:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The t interval of the mean, mean ± t_{(1+level)/2, n-1} s / sqrt(n); None with fewer than 2
+    values. Over seeds it is the interval of the seed-mean of that configuration (training noise),
+    not of the dev set's sampling noise."""
+    if len(values) < 2:
+        return None
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = t_quantile((1 + level) / 2, len(values) - 1) * sd / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def holm(pvalues: dict) -> dict:
+    """Holm-Bonferroni adjusted p-values of a family (Holm 1979): the k-th smallest of m is
+    multiplied by (m - k + 1), made monotone, capped at 1; ``None`` entries stay None and are not
+    counted in m. Rejecting where the adjusted p < alpha controls the family-wise error at alpha."""
+    tested = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    adjusted, running = {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - i) * p))
+        adjusted[k] = running
+    return adjusted

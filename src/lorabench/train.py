@@ -1,8 +1,8 @@
 """``fit()``: one training loop, readable top to bottom (after accelerate's GLUE example).
 
 AdamW over the variant's parameter groups, linear warmup + linear decay, gradient
-clipping, gradient accumulation, evaluation every epoch (or every N steps), best-dev
-selection on the task's primary metric. One optimizer step consumes ``grad_accum``
+clipping, gradient accumulation, evaluation every epoch (or every N steps), best-evaluation
+selection on the task's primary metric (on ``val`` when the run holds one out, else on dev). One optimizer step consumes ``grad_accum``
 loader batches; each loader batch is cut into micro-batches when a memory budget
 demands it, with every micro-batch's loss weighted by its share of the step's examples,
 so the update is the same whatever the micro-batch size. A CUDA out-of-memory error in a
@@ -33,6 +33,7 @@ from . import distributed, inject
 from .divergence import check_after_training, divergence
 from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
+from .data.batching import VAL_SPLIT
 from .trackers import NULL, RunTracker
 from .measure import (
     Stopwatch,
@@ -327,7 +328,7 @@ def _evaluate_and_record(model, loaders, task, accelerator, amp, state, losses, 
 
 def record_evaluation(state: TrainState, metrics: dict, losses: list[float], train_s: float, task) -> None:
     """Add an evaluation to ``state.history``; it becomes ``final``, and ``best`` when its primary
-    metric on the first dev split beats the best so far."""
+    metric on the selection split (``score``) beats the best so far."""
     entry = {
         "step": state.step,
         "epoch": round(state.step / state.steps_per_epoch, 4),
@@ -343,8 +344,10 @@ def record_evaluation(state: TrainState, metrics: dict, losses: list[float], tra
 
 
 def score(metrics: dict, task) -> float:
-    """The primary metric on the first dev split (NaN counts as the worst)."""
-    value = metrics[task.dev_splits[0]].get(task.primary_metric) if task.dev_splits[0] in metrics else None
+    """The primary metric on the selection split: ``val`` when the run holds one out (``val_size``),
+    else the first dev split (NaN counts as the worst)."""
+    split = VAL_SPLIT if VAL_SPLIT in metrics else task.dev_splits[0]
+    value = metrics[split].get(task.primary_metric) if split in metrics else None
     return value if value is not None and math.isfinite(value) else -math.inf
 
 

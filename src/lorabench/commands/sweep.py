@@ -19,7 +19,8 @@ from ..errors import SweepError
 from ..report import best_table_markdown, write_report
 from ..sweep import ray as ray_backend
 from ..sweep.estimate import print_plan
-from ..sweep.local import run_sweep
+from ..sweep.halving import run_halving
+from ..sweep.local import run_sweep, write_manifest
 from ..sweep.plan import Sweep, load_sweep
 from ..sweep.plan import __doc__ as plan_doc
 from ..units import format_seconds
@@ -40,6 +41,9 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
     g.add_argument("--pack", type=positive_int, default=None,
                    help="train runs that share a frozen base K at a time in one process (lorabench.pack) "
                         "[the file's pack:, else 1]")
+    g.add_argument("--halving", type=positive_int, default=None, metavar="ETA",
+                   help="successive halving over each method's grid: after each seed keep the best 1/ETA of its "
+                        "configurations (on the selection split) for the next [the file's halving:, else off]")
     g.add_argument("--retry-failed", action="store_true", help="rerun runs whose status is not ok")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     g = p.add_argument_group("backend")
@@ -71,6 +75,8 @@ def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = Ru
         overrides["seeds"] = args.seeds
     if getattr(args, "pack", None) is not None:
         overrides["pack"] = args.pack
+    if getattr(args, "halving", None) is not None:
+        overrides["halving"] = args.halving
     sweep = load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
     return group_tracker_runs(sweep)
 
@@ -94,7 +100,12 @@ def group_tracker_runs(sweep: Sweep) -> Sweep:
 def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
-        statuses = backend_runner(args)(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
+        runner = backend_runner(args)
+        if sweep.halving:
+            statuses = run_halving(sweep, runner, retry_failed=args.retry_failed, quiet=args.quiet)
+            write_manifest(sweep, statuses)  # every planned run, the pruned ones included
+        else:
+            statuses = runner(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume ({sweep.out})", file=sys.stderr)
         return 130
@@ -104,8 +115,8 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}: {len(statuses)} runs, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" ({format_seconds(time.perf_counter() - t0)}); results in {sweep.out}")
     if not args.quiet:
-        print(best_table_markdown(sweep.out))
-    return 0 if counts.get("ok", 0) == len(statuses) else 1
+        print(best_table_markdown(sweep.out, compare=True))
+    return 0 if counts.get("ok", 0) + counts.get("pruned", 0) == len(statuses) else 1
 
 
 def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:

@@ -32,6 +32,10 @@ CACHE_VERSION = 1
 #: The dev subset of ``eval_limit`` is drawn with this fixed seed, not the run's seed, so
 #: every run of a sweep (all seeds, all variants) is scored on the same dev examples.
 EVAL_SUBSET_SEED = 0
+#: ``val_size`` examples are held out of the training set with this fixed seed (not the run's),
+#: so every run of a sweep selects on the same ``val`` split and trains on the rest.
+VAL_SPLIT_SEED = 0
+VAL_SPLIT = "val"
 _PROBE = ("Probe: the cat sat.", "A second, shorter text!")
 _CHUNK = 4096
 
@@ -50,6 +54,14 @@ def subset(examples: list[Example], limit: int | None, seed: int) -> list[Exampl
     g = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(examples), generator=g)[:limit].sort().values
     return [examples[i] for i in keep.tolist()]
+
+
+def hold_out(examples: list[Example], size: int, seed: int = VAL_SPLIT_SEED) -> tuple[list[Example], list[Example]]:
+    """(held out, rest): a seeded random ``size`` of ``examples`` and the others, both in file order."""
+    g = torch.Generator().manual_seed(seed)
+    held = set(torch.randperm(len(examples), generator=g)[:size].tolist())
+    return ([ex for i, ex in enumerate(examples) if i in held],
+            [ex for i, ex in enumerate(examples) if i not in held])
 
 
 def _format_key(format_fn: FormatFn | None) -> str | None:
@@ -266,9 +278,11 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
                   eval_batch_size: int | None = None, train_limit: int | None = None,
                   eval_limit: int | None = None, seed: int = 0, group_by_length: bool = False,
                   format_fn: FormatFn | None = None, cache_dir=None, data_revision: str | None = None,
-                  progress: bool = True) -> tuple[DataLoader, dict[str, DataLoader]]:
+                  val_size: int | None = None, progress: bool = True) -> tuple[DataLoader, dict[str, DataLoader]]:
     """(train_loader, {dev_split: dev_loader}) for one GLUE task.
 
+    ``val_size``: that many training examples held out (``hold_out``, the same for every run) as
+    the evaluation split ``val``, first in the dict, which selects; the rest is the training set.
     ``train_limit``: a random subset of that many training examples drawn with ``seed``.
     ``eval_limit``: a random subset of each dev split drawn with the fixed EVAL_SUBSET_SEED,
     the same for every run. Dev loaders keep file order (predictions line up with examples).
@@ -278,7 +292,7 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     _check_positive(batch_size, "--batch-size", "e.g. 32")
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     _check_positive(eval_batch_size, "--eval-batch-size", "or leave it unset to use the batch size")
-    for value, flag in ((train_limit, "--train-limit"), (eval_limit, "--eval-limit")):
+    for value, flag in ((train_limit, "--train-limit"), (eval_limit, "--eval-limit"), (val_size, "--val-size")):
         if value is not None:
             _check_positive(value, flag, "or leave it unset to use the whole split")
     source = resolve_source(data_dir, task=spec, revision=data_revision)
@@ -286,6 +300,12 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     common = dict(max_length=max_length, format_fn=format_fn, cache_dir=cache_dir, progress=progress)
 
     train_all = source.load(spec, "train")
+    val_ex: list[Example] | None = None
+    if val_size is not None:
+        if val_size >= len(train_all):
+            raise DataError(f"--val-size {val_size} leaves no training examples: {spec.display} train has "
+                            f"{len(train_all)} ({source}); hold out fewer, e.g. --val-size {max(1, len(train_all) // 10)}")
+        val_ex, train_all = hold_out(train_all, val_size)
     if train_limit is not None and len(train_all) < train_limit:
         warnings.warn(f"{spec.display} train has {len(train_all)} examples ({source}), fewer than --train-limit "
                       f"{train_limit}: training on all {len(train_all)}", stacklevel=2)
@@ -294,7 +314,12 @@ def build_loaders(task, tokenizer, *, data_dir=None, max_length: int = 128, batc
     sampler = ShuffledBatches(train_ds.lengths, batch_size, seed=seed, group_by_length=group_by_length)
     train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
 
-    return train_loader, dev_loaders(source, spec, tokenizer, eval_batch_size, eval_limit, common)
+    dev = dev_loaders(source, spec, tokenizer, eval_batch_size, eval_limit, common)
+    if val_ex is None:
+        return train_loader, dev
+    val_ds = encode(val_ex, tokenizer, spec, VAL_SPLIT, **common)
+    return train_loader, {VAL_SPLIT: DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate),
+                          **dev}
 
 
 def pad_token_id(tokenizer) -> int:

@@ -37,15 +37,19 @@ def _rate_keys(model, layers, task, max_length, variant) -> list[tuple]:
     return [(model, layers, task, max_length, variant), (model, layers, task, max_length), (model, layers)]
 
 
-def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None) -> float:
-    """Seconds for one run: load + train examples x epochs / rate + evaluations."""
+def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: bool | None = None) -> float:
+    """Seconds for one run: load + train examples x epochs / rate + evaluations (of every dev split
+    and the held-out ``val`` split). ``rates``: measured ones (``measured_rates``); without one, the
+    alias's assumed CPU rate, x ASSUMED_GPU_SPEEDUP on a GPU (``gpu``; None: this machine's)."""
     rates = rates or {}
     try:
         train_n, dev_n = get_task(cfg.task).sizes
     except Exception:  # an unknown task: RunConfig reports it; estimate a mid-sized one
         train_n, dev_n = 10000, 1000
     train_n = min(train_n, cfg.train_limit or train_n)
-    dev_n = min(dev_n, cfg.eval_limit or dev_n)
+    dev_n = min(dev_n, cfg.eval_limit or dev_n) + (getattr(cfg, "val_size", None) or 0)
+    if getattr(cfg, "val_size", None):
+        train_n = min(train_n - cfg.val_size, cfg.train_limit or train_n)
     keys = _rate_keys(cfg.model, cfg.layers, task_key(cfg.task), cfg.max_length, cfg.variant)
     rate = next((rates[k] for k in keys if k in rates), None)
     alias = ALIASES.get(cfg.model)
@@ -53,7 +57,7 @@ def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None) -> float
         rate = (alias and alias.cpu_examples_per_s) or ASSUMED_OTHER
         if cfg.layers and alias is not None and alias.layers:
             rate *= alias.layers / cfg.layers
-        if _cuda():
+        if _cuda() if gpu is None else gpu:
             rate *= ASSUMED_GPU_SPEEDUP
     steps = train_n * cfg.epochs / (cfg.batch_size * cfg.grad_accum)
     evals = steps / cfg.eval_every if cfg.eval_every else max(1.0, float(cfg.epochs))
@@ -68,14 +72,36 @@ def _cuda() -> bool:
 
 
 def print_plan(sweep: Any) -> None:
-    """Every planned run (``plan.Sweep``) with its status or estimated time, and the total."""
+    """Every planned run (``plan.Sweep``) with its status or estimated time, and the total; with
+    ``halving``, the rung rule's most runs and their cost against a single-configuration sweep."""
+    from .halving import active, planned_cost
+
     rates = measured_rates(sweep.out)
-    total = 0.0
+    due, pruned = active(sweep) if sweep.halving else (sweep.runs, {})
+    due_ids = {r.run_id for r in due}
+    total, undecided = 0.0, []
     for run in sweep.runs:
         status = results.status_of(results.result_path(sweep.out, run.run_id))
         est = 0.0 if status else estimate_seconds(run.config, rates)
-        total += est
-        print(f"{run.describe()}  [{status or '~' + format_seconds(est)}]")
+        if status or run.run_id in pruned:
+            shown = status or "pruned"
+        elif run.run_id in due_ids:
+            shown, total = "~" + format_seconds(est), total + est
+        else:  # a later rung: runs only if halving keeps its configuration
+            shown = f"if kept: ~{format_seconds(est)}"
+            undecided.append(est)
+        print(f"{run.describe()}  [{shown}]")
+    starts = len(sweep.runs)
+    if sweep.halving:
+        starts, single = planned_cost(sweep)
+        later = min(len(undecided), max(0, starts - len(due_ids)))
+        total += later * sum(undecided) / len(undecided) if undecided else 0.0
+        print(f"successive halving (eta {sweep.halving}): at most {starts} of the {len(sweep.runs)} planned runs; "
+              f"one configuration per method would run {single} ({starts / single:.1f}x)")
     how = "measured by finished runs in the out folder where available, else" if rates else "no finished runs yet:"
     print(f"{len(sweep.runs)} runs into {sweep.out}; estimated time for the runs not done: {format_seconds(total)} "
           f"({how} assumed examples/s per model, lorabench.models.ALIASES)")
+    share = starts / len(sweep.runs) if sweep.runs else 1.0
+    cpu, gpu = (share * sum(estimate_seconds(r.config, gpu=g) for r in sweep.runs) for g in (False, True))
+    print(f"the whole sweep from scratch at the assumed rates: {cpu / 3600:.1f} CPU hours (2 cores), "
+          f"{gpu / 3600:.2f} GPU hours")

@@ -48,7 +48,7 @@ MANIFEST_NOTE = {
     "running": "status null: no result yet (not run, or running now); if no sweep runs here any more it was "
                "killed: rerun the same command to resume",
     "interrupted": "the sweep was interrupted; status null: no result yet; rerun the same command to resume",
-    "finished": "status null: no result (see the run's log in logs/)",
+    "finished": "status null: no result (see the run's log in logs/); pruned: successive halving did not start it",
 }
 
 

@@ -13,6 +13,8 @@
       dora:      {lr: [5e-4, 1e-3]}
       lora_plus: {lr: [2e-4], options: {lr_ratio: [4, 16]}}
       qlora:     {optional: true, lr: [2e-4]}   # skipped with a warning unless registered
+    halving: 2                         # optional: successive halving over each method's grid, seeds as
+                                       # the budget (sweep/halving.py)
 
 Rules. Under ``variants`` every YAML list is a grid and its items are the candidate values
 (so a list-valued field needs a list of lists: ``targets: [[query, value], all-linear]``); a
@@ -58,7 +60,8 @@ from ..data.glue import task_key
 from ..errors import ConfigError, DataError, SweepError
 from ..pack import plan as packing
 
-TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack")
+TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack",
+            "halving")
 BLOCK_META_KEYS = ("optional",)
 NOT_IN_GRID = ("seed", "model", "task", "variant", "out")  # the sweep's own axes and its folder
 
@@ -114,6 +117,7 @@ class Sweep:
     out: str = ""
     notes: list[str] = field(default_factory=list)
     pack: int = 1  # runs that share a frozen base train this many at a time (``lorabench.pack``)
+    halving: int | None = None  # successive halving over each method's grid with this eta (``halving.py``)
 
 
 def _short(v: Any) -> str:
@@ -174,6 +178,10 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise SweepError(f"pack must be a positive integer (runs trained together over one base), got {pack!r}; "
                          "e.g. pack: 8, or 1 to train every run in a process of its own")
+    halving = overrides.pop("halving") if overrides.get("halving") is not None else spec.get("halving")
+    if halving is not None and (isinstance(halving, bool) or not isinstance(halving, int) or halving < 2):
+        raise SweepError(f"halving must be an integer eta >= 2 (keep the best 1/eta of a method's configurations "
+                         f"after each seed), got {halving!r}; e.g. halving: 2, or remove it to run the whole grid")
     if "model" in overrides:
         models = [overrides.pop("model")]
     if "seeds" in overrides:
@@ -255,7 +263,9 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
                      + ", ".join(f"{k} {v}" for k, v in budget.items()))
     if pack > 1:
         notes += pack_notes(list(unique.values()), pack)
-    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack)
+    if halving is not None and len(seeds) < 2:
+        notes.append("halving: with one seed every configuration runs once; halving needs two or more seeds")
+    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack, halving=halving)
 
 
 def pack_notes(runs: list[PlannedRun], size: int) -> list[str]:
