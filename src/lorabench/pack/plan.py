@@ -1,8 +1,9 @@
 """Which runs of a sweep can share one frozen base, and the packs they form (``--pack K``).
 
 Runs pack together when they share everything the frozen base computes and every input it sees:
-the model, its depth and dropout, the task and its data, the maximum length, the precision, the
-targets, the head and its pooling, and the dev set (``eval_limit``, ``eval_batch_size``). Everything
+the model, its depth and dropout, the task and its data (with its held-out ``val`` split), the
+maximum length, the precision, the targets, the head and its pooling, and the dev set
+(``eval_limit``, ``eval_batch_size``). Everything
 else may differ within a pack: variant (among those that pack), lr, seed, rank, alpha, init, the
 optimisation rule, epochs, batch size, accumulation, warmup, weight decay, clipping, evaluation.
 
@@ -21,8 +22,8 @@ from ..adapters import registry
 from ..ids import canonical
 
 #: RunConfig fields every run of a pack has in common.
-SHARED = ("model", "layers", "model_dropout", "task", "data_dir", "data_revision", "max_length", "precision",
-          "targets", "head", "pooling", "eval_limit", "eval_batch_size", "trust_remote_code")
+SHARED = ("model", "layers", "model_dropout", "task", "data_dir", "data_revision", "val_size", "max_length",
+          "precision", "targets", "head", "pooling", "eval_limit", "eval_batch_size", "trust_remote_code")
 
 
 def unpackable(cfg: Any) -> str | None:
