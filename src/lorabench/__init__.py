@@ -5,6 +5,7 @@
     opt = torch.optim.AdamW(lorabench.param_groups(model, lr=5e-4, weight_decay=0.01))
     loss.backward(); lorabench.before_step(model); opt.step(); lorabench.on_step(model, step, total)
     lorabench.save_adapter(model, "adapter/")
+    lorabench.load_peft(fresh_model, "peft-adapter/")   # a PEFT LoRA / DoRA / VeRA folder, as lorabench
 """
 
 from ._version import __version__
@@ -15,6 +16,7 @@ from .ranks import evaluate_ranks, squeeze
 from .checkpoint import load_adapter, save_adapter
 from .metrics import aurac
 from .peft_export import export_peft
+from .peft_import import load_peft
 from .inject import (
     apply,
     before_step,
@@ -42,6 +44,7 @@ __all__ = [
     "evaluate_ranks",
     "export_peft",
     "load_adapter",
+    "load_peft",
     "merge",
     "on_step",
     "param_groups",

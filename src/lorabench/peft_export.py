@@ -35,10 +35,8 @@ from . import adapters
 from .adapters.base import AdaptedLinear, VariantError
 from .checkpoint import atomic_write_bytes
 from .inject import adapted_layers, state_of
+from .peft_format import CONFIG_NAME, PREFIX, WEIGHTS_NAME
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."  # PeftModel -> tuner (LoraModel ...) -> the transformers model
 #: Config fields that describe where the adapter sits; they are ours to set, not the variant's.
 PLACEMENT_FIELDS = ("target_modules", "modules_to_save", "task_type", "base_model_name_or_path", "fan_in_fan_out")
 

@@ -245,6 +245,24 @@ class Variant(nn.Module):
         """PEFT ``adapter_config.json`` fields (besides targets and modules_to_save)."""
         raise VariantError(f"variant {self.name!r} cannot be exported to PEFT's format")
 
+    # ---- import (lorabench.load_peft): the inverse of the two hooks above ------------
+    #: The PEFT method this variant reads back: PEFT's ``peft_type``, or ``"DORA"`` for a LoRA
+    #: with ``use_dora``. Read from the class itself (``vars``), so subclasses (PiSSA, LoRA+ ...) read nothing.
+    peft_method: ClassVar[str | None] = None
+    #: PEFT's per-layer tensor suffix -> this variant's tensor, for ``load_peft`` to copy into.
+    peft_names: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def options_from_peft(cls, config: dict) -> dict:
+        """This variant's options for a PEFT ``adapter_config.json`` of ``peft_method``. Takes the fields
+        it reads out of ``config`` (a copy); ``load_peft`` refuses any field left with a non-default value."""
+        raise VariantError(f"variant {cls.name!r} reads no PEFT adapter")
+
+    @classmethod
+    def peft_shared_names(cls) -> dict[str, str]:
+        """PEFT's key of a shared tensor (``base_model.vera_A``) -> ours, copied when the file has it."""
+        return {}
+
     # ---- helpers ---------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:

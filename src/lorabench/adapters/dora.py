@@ -207,3 +207,7 @@ class DoRA(LoRA):
 
     def peft_config(self):
         return {**super().peft_config(), "use_dora": True}
+
+    # ---- PEFT import: a LoRA folder with use_dora --------------------------------------
+    peft_method = "DORA"
+    peft_names = {**LoRA.peft_names, "lora_magnitude_vector": "magnitude"}

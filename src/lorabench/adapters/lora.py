@@ -17,7 +17,7 @@ from torch import nn
 
 from . import registry
 from .registry import register
-from .base import Variant, check
+from .base import Variant, VariantError, check
 from .rules.rule import RuleOptions, get_rule
 
 #: name -> fn(variant, W (out, in) fp32). The fn sets lora_A / lora_B in place and may set
@@ -27,6 +27,9 @@ INITS: dict[str, Callable[["LoRA", torch.Tensor], None]] = {}
 FACTORISING_INITS: set[str] = set()
 #: Inits that move part of W into the adapter: the frozen base keeps W - s B0 A0.
 RESIDUAL_INITS: set[str] = set()
+#: PEFT's inits (``init_lora_weights``) that rewrite the base weights: a folder saved without
+#: PEFT's conversion applies to that residual (``pissa_niter_4`` ... included).
+RESIDUAL_PEFT_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 def register_init(name: str, factorises_weight: bool = False, residual: bool = False):
@@ -213,6 +216,23 @@ class LoRA(Variant):
     def peft_config(self):
         r = self.lowrank_factors()[1].shape[0]
         return {"peft_type": "LORA", "r": r, "lora_alpha": r, "use_rslora": False, "lora_dropout": 0.0}
+
+    # ---- PEFT import: a plain LoRA folder (PEFT's LoraConfig: s = lora_alpha / r, or / sqrt(r)) --
+    peft_method = "LORA"
+    peft_names = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"}
+
+    @classmethod
+    def options_from_peft(cls, config):
+        init = config.pop("init_lora_weights", True)
+        if isinstance(init, str) and init.startswith(RESIDUAL_PEFT_INITS):
+            raise VariantError(
+                f"this PEFT LoRA was initialised with init_lora_weights={init!r}, so it applies to PEFT's "
+                "residual of the base weights, not to the base itself; convert it in PEFT to a plain LoRA "
+                "(save_pretrained(..., path_initial_model_for_weight_conversion=...)), which lorabench reads")
+        for unused in ("use_dora", "megatron_core", "qalora_group_size"):  # no effect here (DoRA: variant dora)
+            config.pop(unused, None)
+        return {"r": config.pop("r"), "alpha": float(config.pop("lora_alpha", 8)),
+                "rslora": bool(config.pop("use_rslora", False)), "dropout": float(config.pop("lora_dropout", 0.0))}
 
 
 @register("swapped")

@@ -143,6 +143,15 @@ class MiSS(Variant):
     def peft_tensors(self):
         return {"miss_block": self.miss_block.detach().contiguous()}
 
+    peft_method = "MISS"
+    peft_names = {"miss_block": "miss_block"}
+
+    @classmethod
+    def options_from_peft(cls, config):
+        init = config.pop("init_weights", True)  # True / False (zero / random D): balance; "bat"; "mini"
+        return {"r": config.pop("r"), "mode": init if init in ("bat", "mini") else "balance",
+                "mini_r": config.pop("mini_r", 1), "dropout": float(config.pop("miss_dropout", 0.0))}
+
     def peft_config(self):
         # (PEFT's MiSS adapts nn.Linear only: an export from GPT-2's Conv1D layers does not load there.)
         o = self.opts

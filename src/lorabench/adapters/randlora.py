@@ -155,6 +155,24 @@ class RandLoRA(Variant):
             "randlora_dropout": o.dropout,
         }
 
+    # ---- PEFT import (a folder without its bases regenerates them from projection_prng_key) -----
+    peft_method = "RANDLORA"
+    peft_names = {"randlora_lambda": "randlora_lambda", "randlora_gamma": "randlora_gamma"}
+
+    @classmethod
+    def options_from_peft(cls, config):
+        for unused in ("save_projection", "init_weights"):
+            config.pop(unused, None)
+        sparse, very_sparse = config.pop("sparse", False), config.pop("very_sparse", False)
+        return {"r": config.pop("r"), "alpha": float(config.pop("randlora_alpha", 640.0)),
+                "projection_seed": config.pop("projection_prng_key", 0),
+                "basis": "very_sparse" if very_sparse else "sparse" if sparse else "dense",
+                "dropout": float(config.pop("randlora_dropout", 0.0))}
+
+    @classmethod
+    def peft_shared_names(cls):
+        return {"base_model.randlora_A": "randlora_A", "base_model.randlora_B": "randlora_B"}
+
     @classmethod
     def peft_shared_tensors(cls, shared: nn.Module) -> dict[str, torch.Tensor]:
         """The shared bases under PEFT's keys; PEFT stores A as (r, 1, d)."""

@@ -166,6 +166,21 @@ class VeRA(Variant):
             "d_initial": o.d_initial,
         }
 
+    # ---- PEFT import (a folder without its projections regenerates them: same seed, same draws) --
+    peft_method = "VERA"
+    peft_names = {"vera_lambda_b": "lambda_b", "vera_lambda_d": "lambda_d"}
+
+    @classmethod
+    def options_from_peft(cls, config):
+        for unused in ("save_projection", "init_weights"):
+            config.pop(unused, None)
+        return {"r": config.pop("r"), "projection_seed": config.pop("projection_prng_key", 0),
+                "d_initial": float(config.pop("d_initial", 0.1)), "dropout": float(config.pop("vera_dropout", 0.0))}
+
+    @classmethod
+    def peft_shared_names(cls):
+        return {"base_model.vera_A": "vera_A", "base_model.vera_B": "vera_B"}
+
     @classmethod
     def peft_shared_tensors(cls, shared: nn.Module) -> dict[str, torch.Tensor]:
         """The shared projections under their full keys in PEFT's adapter_model.safetensors."""

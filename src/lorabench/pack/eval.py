@@ -5,7 +5,9 @@ architecture for all (else refused, naming the two), then ``load_adapter``'s own
 fingerprint, layer names, tensor shapes). The base runs once per dev batch for all the adapters
 that pack (``Variant.unpackable`` is None: the LoRA family), each on its own copy of the batch;
 an adapter of another variant (DoRA, VeRA ...) is evaluated alone on its own model, in the same
-call, and its row says so.
+call, and its row says so. A PEFT folder (``adapter_config.json``: one trained elsewhere, or written by
+``export_peft``) is read by ``lorabench.load_peft`` onto the base it names (or ``model``, with ``layers``:
+PEFT records no depth) with the model's own head, and is evaluated alone too (``"peft": true``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from accelerate import Accelerator
 
 from .. import models
 from ..adapters import registry
-from ..checkpoint import load_adapter, read_adapter_config
+from ..checkpoint import CONFIG_NAME, load_adapter, read_adapter_config
 from ..data import get_task
 from ..data.batching import dev_loaders, pad_token_id
 from ..data.glue import resolve_source
 from ..errors import AdapterFileError
+from ..peft_import import is_peft_folder, load_peft, read_peft_config, variant_for
 from ..train import evaluate
 from .model import PackedModel, evaluate_pack, share_frozen
 
@@ -35,34 +38,48 @@ def _base_of(config: dict) -> tuple[str, Any, str]:
     return str(config.get("base_model")), arch.get("layers"), pooling
 
 
+def _peft_config(directory: Path, layers: int | None) -> dict[str, Any]:
+    """A PEFT folder described as ``read_adapter_config`` describes ours (variant, options, base)."""
+    config = read_peft_config(directory)
+    cls, options = variant_for(config)
+    return {"variant": cls.name, "options": options, "base_model": config.get("base_model_name_or_path"),
+            "pooling": "cls", "architecture": {"layers": layers}, "peft": True}
+
+
 def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model: str | None = None,
-                      data_dir: str | None = None, eval_limit: int | None = None, max_length: int = 128,
-                      batch_size: int = 32) -> list[dict[str, Any]]:
-    """One row per adapter: {"adapter", "variant", "options", "packed", "metrics": {split: {...}}}."""
+                      layers: int | None = None, data_dir: str | None = None, eval_limit: int | None = None,
+                      max_length: int = 128, batch_size: int = 32) -> list[dict[str, Any]]:
+    """One row per adapter: {"adapter", "variant", "options", "packed", "peft", "metrics": {split: {...}}}."""
     if not directories:
         raise AdapterFileError("no adapter folders given; pass one or more run-<id>-adapter folders")
     dirs = [Path(d) for d in directories]
-    configs = [read_adapter_config(d) for d in dirs]
+    peft = [is_peft_folder(d) and not (d / CONFIG_NAME).is_file() for d in dirs]
+    configs = [_peft_config(d, layers) if p else read_adapter_config(d) for d, p in zip(dirs, peft)]
     bases = [_base_of(c) for c in configs]
     digests = [(c.get("architecture") or {}).get("digest") for c in configs]
-    for d, base, digest in zip(dirs[1:], bases[1:], digests[1:]):
-        if (base, digest) != (bases[0], digests[0]):
-            raise AdapterFileError(f"{d} was trained on {base[0]} ({base[1]} layers, {base[2]} pooling) and {dirs[0]} "
-                                   f"on {bases[0][0]} ({bases[0][1]} layers, {bases[0][2]} pooling): one call "
+    for d, (base, _, _) in zip(dirs, bases):
+        if model is None and base == "None":
+            raise AdapterFileError(f"{d} names no base model (PEFT's base_model_name_or_path); pass --model")
+    ours = [k for k in range(len(dirs)) if not peft[k]]  # PEFT records no architecture: load_peft checks it
+    for k in ours[1:]:
+        if (bases[k], digests[k]) != (bases[ours[0]], digests[ours[0]]):
+            (name, n, pool), first = bases[k], bases[ours[0]]
+            raise AdapterFileError(f"{dirs[k]} was trained on {name} ({n} layers, {pool} pooling) and {dirs[ours[0]]} "
+                                   f"on {first[0]} ({first[1]} layers, {first[2]} pooling): one call "
                                    "evaluates adapters of one base; split them into one call per base")
-    name, layers, pooling = bases[0]
-    name = model or name
+    name, depth, pooling = bases[ours[0] if ours else 0]
     spec = get_task(task)
     source = resolve_source(data_dir, task=spec)  # before loading anything
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shared, tokenizer = models.load_model(name, spec, layers=layers, pooling=pooling)
+    shared, tokenizer = models.load_model(model or name, spec, layers=depth, pooling=pooling)
     own = []
-    for d in dirs:  # every check of every adapter before the first dev batch
-        m, _ = models.load_model(name, spec, layers=layers, pooling=pooling)
-        own.append(load_adapter(m, d))
+    for d, c, p in zip(dirs, configs, peft):  # every check of every adapter before the first dev batch
+        base, n, pool = _base_of(c)
+        m, _ = models.load_model(model or base, spec, layers=n, pooling=pool)
+        own.append(load_peft(m, d) if p else load_adapter(m, d))
     loaders = dev_loaders(source, spec, tokenizer, batch_size, eval_limit,
                           common={"max_length": max_length, "progress": False})
-    packs = [k for k, c in enumerate(configs) if registry.get(c["variant"]).unpackable() is None]
+    packs = [k for k in ours if registry.get(configs[k]["variant"]).unpackable() is None]
     metrics: dict[int, dict] = {}
     if packs:
         for k in packs:
@@ -75,4 +92,4 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
         if k not in metrics:
             metrics[k] = evaluate(own[k].to(device), loaders, spec, Accelerator(cpu=device.type == "cpu"))
     return [{"adapter": str(d), "variant": c["variant"], "options": c["options"], "packed": k in packs,
-             "metrics": metrics[k]} for k, (d, c) in enumerate(zip(dirs, configs))]
+             "peft": peft[k], "metrics": metrics[k]} for k, (d, c) in enumerate(zip(dirs, configs))]
