@@ -6,6 +6,7 @@ are refused before any compute; a sweep groups its runs under its name."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,26 @@ def test_a_sweep_groups_its_runs_and_refuses_pack(tmp_path):
     args = build_parser().parse_args(["sweep", str(file), "--log-with", "tensorboard", "--pack", "2"])
     with pytest.raises(SweepError, match="--pack 2 trains several in one process.*drop --pack or --log-with"):
         sweep_from_args(args, args.config)
+
+
+def test_wandb_is_offline_by_default_and_grouped(tmp_path, monkeypatch):
+    from accelerate import tracking
+
+    made = []
+
+    class Recorder:  # stands in for accelerate's WandBTracker (wandb is not a test dependency)
+        def __init__(self, project, **kwargs):
+            made.append((project, kwargs))
+
+        def start(self):
+            made.append(os.environ.get("WANDB_MODE"))
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(tracking, "WandBTracker", Recorder)
+    monkeypatch.setattr(trackers, "PACKAGES", {**trackers.PACKAGES, "wandb": ("json", "wandb")})  # "installed"
+    cfg = RunConfig.from_dict({"log_with": "wandb", "tracker_group": "g", "out": str(tmp_path)})
+    trackers.open_run(cfg, "abc")
+    (project, kwargs), mode = made
+    assert mode == "offline" and project == "lorabench"
+    assert kwargs == {"name": trackers.run_name(cfg, "abc"), "group": "g", "tags": ["g"],
+                      "dir": str((tmp_path / "tracking" / "wandb").resolve())}
