@@ -187,8 +187,13 @@ def test_one_seed_says_it_cannot_rank(tmp_path):
         warnings.simplefilter("ignore")
         rep = report.build_report(tmp_path)
     text = report.markdown(rep, tmp_path)
-    assert "cannot rank methods" in text and "Selection and reporting both on dev" in text
+    assert "cannot rank methods" in text and "Nothing was selected" in text
     assert all(r["tied_with_best"] in ("best", "—") for r in rep.tables["compare"][0].records)
+    put(tmp_path, fake("lora", 2e-3, 0, 0.79, None))  # now dev chose lora's learning rate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = report.markdown(report.build_report(tmp_path), tmp_path)
+    assert "Selection and reporting both on dev (no val_size): optimistic" in text
 
 
 def test_forest_and_learning_rate_plots_are_written(fair_report, tmp_path):
@@ -262,3 +267,24 @@ def test_fair_preset_plans_with_equal_grids_and_halving():
     assert all(r.config.val_size for r in sweep.runs) and not sweep.notes
     most, single = halving.planned_cost(sweep)
     assert most / single <= 2.5
+
+
+def test_run_halving_runs_rung_after_rung_and_reports_the_pruned(tmp_path):
+    sweep = plan(SPEC, out=str(tmp_path))
+    score = {1e-4: 0.6, 1e-3: 0.8, 1e-2: 0.7, 1e-1: 0.5, "head": 0.55}
+    calls = []
+
+    def runner(sub, retry_failed, quiet):
+        calls.append((len(sub.runs), retry_failed))
+        for run in sub.runs:
+            if not results.result_path(tmp_path, run.run_id).exists():
+                key = "head" if run.config.variant == "head" else run.config.lr
+                finish(run, tmp_path, score[key] + 0.01 * run.config.seed)
+        return {r.run_id: "ok" for r in sub.runs}
+
+    statuses = halving.run_halving(sweep, runner, retry_failed=True)
+    # rung 0: 4 lora lrs + head's 3 seeds (its only configuration runs every seed); then 2, then 1 more
+    assert calls == [(7, True), (9, False), (10, False)]
+    assert sum(s == "ok" for s in statuses.values()) == 10 and sum(s == "pruned" for s in statuses.values()) == 5
+    kept = {(r.config.variant, r.config.lr) for r in sweep.runs if statuses[r.run_id] == "ok" and r.config.seed == 2}
+    assert kept == {("lora", 1e-3), ("head", 1e-2)}  # lora's lr 1e-3 won both halvings

@@ -108,8 +108,11 @@ def verdicts(best: dict[tuple[str, str, str], Config]) -> dict[tuple[str, str, s
     return out
 
 
-def selection_note(runs: list[Run]) -> str:
+def selection_note(runs: list[Run], configs: list[Config]) -> str:
     """Which split chose and which reported, in one sentence for the report's head."""
+    groups = [(c.model, c.task, c.variant) for c in configs if c.n]
+    if len(groups) == len(set(groups)) and all(len(r.history) <= 1 for r in runs):
+        return "Nothing was selected: one configuration per method and one evaluation per run, reported on dev."
     splits = {r.select_split for r in runs if r.select_split}
     sizes = sorted({r.flat.get("val_size") for r in runs if r.select_split == "val"})
     if splits == {"val"}:
@@ -295,7 +298,7 @@ def build_report(folder: str | Path, metric_from: str = "best") -> Report:
     tables = {"best": best_tables(best, verdict), "compare": [comparison_table(best, verdict)],
               "detail": [detail_table(best, configs, verdict)], "hparams": hparam_tables(configs, best),
               "failed": [failed_table(runs)]}
-    about = [line for line in (selection_note(runs), seeds_note(best)) if line]
+    about = [line for line in (selection_note(runs, configs), seeds_note(best)) if line]
     return Report(runs, configs, best, tables, notes, verdict, about)
 
 
