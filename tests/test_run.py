@@ -91,7 +91,7 @@ def test_crash_during_training_writes_an_error_result_then_exits_1(tmp_path, mon
     import lorabench.run as run
     from lorabench.commands import main
 
-    def crashing_fit(model, train_loader, dev_loaders, task, cfg, *, progress=True, state=None):
+    def crashing_fit(model, train_loader, dev_loaders, task, cfg, *, progress=True, state=None, tracker=None):
         state.step, state.history = 3, [{"step": 3, "epoch": 0.5, "train_loss": 0.7, "metrics": {}}]
         raise RuntimeError("kaboom at step 4")
 
