@@ -203,9 +203,9 @@ def test_forest_and_learning_rate_plots_are_written(fair_report, tmp_path):
         written = report.write_report(folder, tmp_path, echo=False)
     names = {p.name for p in written}
     assert {"forest-minilm-sst2.png", "lr-minilm-sst2.svg", "compare.csv"} <= names
-    from lorabench.plots import lr_curves
+    from lorabench.selection import lr_curves
 
-    curves = lr_curves(report.build_report(folder), "minilm", "sst2")
+    curves = lr_curves(report.build_report(folder).configs, "minilm", "sst2")
     assert list(curves) == ["lora"] and [lr for lr, _ in curves["lora"]] == [1e-3, 2e-3]
 
 

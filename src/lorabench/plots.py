@@ -13,7 +13,7 @@ user's session and needs no display. One figure per (model, task) for the per-ta
   over seeds (a dot alone with one seed), sorted by mean; filled markers for the best and the
   methods tied with it, hollow for those significantly below it, the reference's mean as a line;
 - ``lr-*``:      dev metric vs learning rate (log x), one line per variant: at each lr the
-  configuration the selection split prefers (``selection.select_best`` among that lr's), its mean
+  configuration the selection split prefers (``selection.lr_curves``), its mean
   over seeds with the 95% interval as a band -- the learning-rate sensitivity of each method, and
   whether a tuned LoRA matches the variants; only variants that ran >= 2 lrs;
 and one per model for the costs: ``train-time-*`` and ``peak-memory-*`` (bars per variant, grouped
@@ -172,27 +172,10 @@ def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Pa
     return _save(fig, out, f"forest-{model}-{task}")
 
 
-def lr_curves(report: Any, model: str, task: str) -> dict[str, list[tuple[float, Any]]]:
-    """variant -> [(lr, the configuration selected at that lr)], for variants with >= 2 lrs."""
-    from .selection import select_best
-
-    by_lr: dict[tuple[str, float], list] = {}
-    for c in report.configs:
-        lr = c.flat.get("lr")
-        if (c.model, c.task) == (model, task) and isinstance(lr, (int, float)):
-            by_lr.setdefault((c.variant, float(lr)), []).append(c)
-    curves: dict[str, list[tuple[float, Any]]] = {}
-    for (variant, lr), group in sorted(by_lr.items()):
-        chosen = select_best(group).get((model, task, variant))
-        if chosen is not None:
-            curves.setdefault(variant, []).append((lr, chosen))
-    return {v: points for v, points in curves.items() if len(points) >= 2}
-
-
 def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
     from .stats import mean_ci
 
-    curves = lr_curves(report, model, task)
+    curves = report.curves.get((model, task))
     if not curves:
         return None
     fig, ax = _figure(entries=len(curves))

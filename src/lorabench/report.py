@@ -44,6 +44,7 @@ from .selection import (  # noqa: F401  (report.load_runs & co.: part of its fac
     configurations,
     describe,
     load_runs,
+    lr_curves,
     select_best,
     sortable,
     task_order,
@@ -287,6 +288,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # duplicate run ids, mixed data versions
     verdicts: dict[tuple[str, str, str], Verdict] = field(default_factory=dict)
     about: list[str] = field(default_factory=list)  # which split selected, how many seeds
+    curves: dict[tuple[str, str], dict] = field(default_factory=dict)  # (model, task) -> ``lr_curves``
 
 
 def build_report(folder: str | Path, metric_from: str = "best") -> Report:
@@ -299,7 +301,8 @@ def build_report(folder: str | Path, metric_from: str = "best") -> Report:
               "detail": [detail_table(best, configs, verdict)], "hparams": hparam_tables(configs, best),
               "failed": [failed_table(runs)]}
     about = [line for line in (selection_note(runs, configs), seeds_note(best)) if line]
-    return Report(runs, configs, best, tables, notes, verdict, about)
+    curves = {key: lr_curves(configs, *key) for key in sorted({k[:2] for k in best})}
+    return Report(runs, configs, best, tables, notes, verdict, about, curves)
 
 
 def best_table_markdown(folder: str | Path, compare: bool = False) -> str:

@@ -194,3 +194,19 @@ def value_text(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(map(str, v)) + "]"
     return str(v)
+
+
+def lr_curves(configs: list[Config], model: str, task: str) -> dict[str, list[tuple[float, Config]]]:
+    """variant -> [(lr, the configuration ``select_best`` picks among that lr's)], for the variants
+    of (model, task) that ran >= 2 learning rates: the report's learning-rate sensitivity curves."""
+    by_lr: dict[tuple[str, float], list] = {}
+    for c in configs:
+        lr = c.flat.get("lr")
+        if (c.model, c.task) == (model, task) and isinstance(lr, (int, float)):
+            by_lr.setdefault((c.variant, float(lr)), []).append(c)
+    curves: dict[str, list[tuple[float, Config]]] = {}
+    for (variant, lr), group in sorted(by_lr.items()):
+        chosen = select_best(group).get((model, task, variant))
+        if chosen is not None:
+            curves.setdefault(variant, []).append((lr, chosen))
+    return {v: points for v, points in curves.items() if len(points) >= 2}

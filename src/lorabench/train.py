@@ -33,8 +33,8 @@ from . import distributed, inject
 from .divergence import check_after_training, divergence
 from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
-from .data.batching import VAL_SPLIT
 from .trackers import NULL, RunTracker
+from .data.batching import VAL_SPLIT
 from .measure import (
     Stopwatch,
     Throughput,

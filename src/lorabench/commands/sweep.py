@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..errors import SweepError
 from ..report import best_table_markdown, write_report
 from ..sweep import ray as ray_backend
-from ..sweep.estimate import print_plan
+from ..sweep.dry_run import print_plan
 from ..sweep.halving import run_halving
 from ..sweep.local import run_sweep, write_manifest
 from ..sweep.plan import Sweep, load_sweep
