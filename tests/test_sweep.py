@@ -255,3 +255,17 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert failed["status"] == "error" and "no_such_layer" in failed["error"] and failed["run_id"] == bad.run_id
     assert json.loads(results.result_path(out, good.run_id).read_text())["status"] == "ok"
     assert "1 error, 1 ok" in capsys.readouterr().out
+
+
+def test_a_sweep_with_no_glue_data_anywhere_stops_before_any_run(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "a" / "b"  # no glue_data/ here and no shared/data/glue beside its parent
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("LORABENCH_GLUE_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # and the hub cannot be read without `datasets`
+    spec = {"base": {k: v for k, v in TINY.items() if k != "data_dir"}, "variants": {"lora": {"lr": [1e-3]}}}
+    path = write(tmp_path, spec)
+    with pytest.raises(SweepError, match=r"task sst2: no GLUE data found.*pip install datasets.*--data-dir"):
+        sweep.load_sweep(path, {"out": str(tmp_path / "out")})
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "no GLUE data found" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -56,7 +56,7 @@ from typing import Any
 import yaml
 
 from ..config import RunConfig, parse_yaml
-from ..data.glue import task_key
+from ..data.glue import resolve_source, task_key
 from ..errors import ConfigError, DataError, SweepError
 from ..pack import plan as packing
 
@@ -321,9 +321,16 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def check_paths(sweep: Sweep) -> None:
-    """Every run's GLUE folder exists and the out folder is not a file, before anything runs."""
+    """Every run's GLUE folder exists (or, where its data comes from the hub, ``datasets`` is
+    installed) and the out folder is not a file, before anything runs."""
     for data_dir in sorted({r.config.data_dir for r in sweep.runs if r.config.data_dir is not None}):
         check_data_dir(data_dir)
+    for data_dir, task, revision in sorted({(c.data_dir, c.task, c.data_revision) for c in (r.config for r in sweep.runs)},
+                                           key=str):
+        try:
+            resolve_source(data_dir, task, revision)
+        except DataError as e:
+            raise SweepError(f"task {task}: {e}") from None
     if Path(sweep.out).exists() and not Path(sweep.out).is_dir():
         raise SweepError(f"out {sweep.out} is a file, not a folder; pass another --out")
 
