@@ -288,3 +288,14 @@ def test_run_halving_runs_rung_after_rung_and_reports_the_pruned(tmp_path):
     assert sum(s == "ok" for s in statuses.values()) == 10 and sum(s == "pruned" for s in statuses.values()) == 5
     kept = {(r.config.variant, r.config.lr) for r in sweep.runs if statuses[r.run_id] == "ok" and r.config.seed == 2}
     assert kept == {("lora", 1e-3), ("head", 1e-2)}  # lora's lr 1e-3 won both halvings
+
+
+def test_a_learning_rate_at_the_edge_of_its_grid_is_flagged(tmp_path):
+    for lr, val in ((1e-3, 0.70), (2e-3, 0.75), (4e-3, 0.80)):  # the largest lr wins on val
+        put(tmp_path, fake("lora", lr, 0, 0.8, val))
+    put(tmp_path, fake("dora", 1e-3, 0, 0.8, 0.7))  # one lr: no grid, no note
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = report.build_report(tmp_path)
+    assert rep.notes == ["lora on sst2 (minilm) selected lr 0.004, the largest of its grid (0.001, 0.002, 0.004): "
+                         "its best may lie outside; extend the grid"]

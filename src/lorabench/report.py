@@ -125,6 +125,20 @@ def selection_note(runs: list[Run], configs: list[Config]) -> str:
     return "Mixed selection: some runs chose on a held-out `val` split, others on dev." if splits else ""
 
 
+def edge_notes(best: dict[tuple[str, str, str], Config], configs: list[Config]) -> list[str]:
+    """A method whose selected learning rate is the smallest or largest of its grid (of 3 or more):
+    the optimum may lie outside it."""
+    notes = []
+    for key, c in sorted(best.items()):
+        lrs = sorted({o.flat.get("lr") for o in configs if (o.model, o.task, o.variant) == key and o.n})
+        lr = c.flat.get("lr")
+        if len(lrs) >= 3 and lr in (lrs[0], lrs[-1]):
+            side = "smallest" if lr == lrs[0] else "largest"
+            notes.append(f"{key[2]} on {key[1]} ({key[0]}) selected lr {lr:g}, the {side} of its grid "
+                         f"({', '.join(f'{x:g}' for x in lrs)}): its best may lie outside; extend the grid")
+    return notes
+
+
 def seeds_note(best: dict[tuple[str, str, str], Config]) -> str:
     if best and all(c.n == 1 for c in best.values()):
         return ("One seed per configuration: no interval and no test, so these tables cannot rank methods; run 3 "
@@ -301,6 +315,7 @@ def build_report(folder: str | Path, metric_from: str = "best") -> Report:
               "detail": [detail_table(best, configs, verdict)], "hparams": hparam_tables(configs, best),
               "failed": [failed_table(runs)]}
     about = [line for line in (selection_note(runs, configs), seeds_note(best)) if line]
+    notes += edge_notes(best, configs)
     curves = {key: lr_curves(configs, *key) for key in sorted({k[:2] for k in best})}
     return Report(runs, configs, best, tables, notes, verdict, about, curves)
 
