@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import yaml
 from lorabench import commands as cli
 from lorabench import results, sweep
 from lorabench.sweep import SweepError
+from lorabench.sweep.plan import data_problems
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 TINY = {"model": "minilm", "layers": 2, "task": "sst2", "train_limit": 128, "eval_limit": 64, "max_length": 32,
@@ -137,7 +139,7 @@ def test_cli_bad_sweep_file_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_presets_expand_offline(tmp_path):
-    for name in ("quick", "better-call-lora", "lora-roberta-glue", "rank-ablation", "peft-methods", "zoo"):
+    for name in ("quick", "better-call-lora", "lora-roberta-glue", "rank-ablation", "peft-methods", "zoo", "fair"):
         path = sweep.find_sweep_file(name)
         assert path.parent == sweep.presets_dir()
         s = sweep.load_sweep(name, {"model": "minilm" if name != "better-call-lora" else "smollm2-135m"})
@@ -152,9 +154,10 @@ def test_presets_expand_offline(tmp_path):
     assert {r.config.variant for r in zoo.runs} | optional == set(adapters.names())
     assert sorted(r.config.options["optimizer"] for r in zoo.runs if r.config.variant == "lora") == sorted(
         ["adamw", "lora_pro", "altlora", "stable"])
-    quick = sweep.load_sweep("quick")
+    quick = sweep.load_sweep("quick")  # the main job: 6 methods x 3 seeds, the LoRA family packed
     assert sorted(r.config.variant for r in quick.runs) == sorted(
-        ["lora", "swapped", "pissa", "lora_xs", "lora_plus", "dora", "vera", "full"])
+        [v for v in ("lora", "pissa", "lora_plus", "dora", "vera", "head") for _ in range(3)])
+    assert quick.pack == 9 and {r.config.seed for r in quick.runs} == {0, 1, 2}
     glue = sweep.load_sweep("lora-roberta-glue")
     sst2 = [r.config for r in glue.runs if r.config.task == "sst2" and r.config.variant == "lora"]
     assert {(c.lr, c.epochs, c.batch_size, c.max_length) for c in sst2} == {(5e-4, 60.0, 16, 512)}
@@ -265,7 +268,8 @@ def test_a_sweep_with_no_glue_data_anywhere_stops_before_any_run(tmp_path, monke
     monkeypatch.setitem(sys.modules, "datasets", None)  # and the hub cannot be read without `datasets`
     spec = {"base": {k: v for k, v in TINY.items() if k != "data_dir"}, "variants": {"lora": {"lr": [1e-3]}}}
     path = write(tmp_path, spec)
-    with pytest.raises(SweepError, match=r"task sst2: no GLUE data found.*pip install datasets.*--data-dir"):
-        sweep.load_sweep(path, {"out": str(tmp_path / "out")})
+    planned = sweep.load_sweep(path, {"out": str(tmp_path / "out")})  # a plan reads no data
+    (problem,) = data_problems(planned)
+    assert re.search(r"task sst2: no GLUE data found.*pip install datasets.*--data-dir", problem)
     assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "no GLUE data found" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from ..sweep import ray as ray_backend
 from ..sweep.dry_run import print_plan
 from ..sweep.halving import run_halving
 from ..sweep.local import run_sweep, write_manifest
-from ..sweep.plan import Sweep, load_sweep
+from ..sweep.plan import Sweep, data_problems, load_sweep
 from ..sweep.plan import __doc__ as plan_doc
 from ..units import format_seconds
 from .args import add_config_flags, ints, names, positive_int
@@ -123,9 +123,14 @@ def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
     sweep = sweep or sweep_from_args(args, args.config)
     for note in sweep.notes:
         print(f"note: {note}", file=sys.stderr)
+    problems = data_problems(sweep)
     if args.dry_run:
         print_plan(sweep)
+        for problem in problems:
+            print(f"note: {problem}", file=sys.stderr)
         return 0
+    if problems:  # before any run process starts and fails on it
+        raise SweepError(problems[0])
     return run_and_summarise(sweep, args)
 
 

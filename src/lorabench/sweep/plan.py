@@ -321,18 +321,24 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def check_paths(sweep: Sweep) -> None:
-    """Every run's GLUE folder exists (or, where its data comes from the hub, ``datasets`` is
-    installed) and the out folder is not a file, before anything runs."""
+    """Every run's GLUE folder exists and the out folder is not a file, before anything runs."""
     for data_dir in sorted({r.config.data_dir for r in sweep.runs if r.config.data_dir is not None}):
         check_data_dir(data_dir)
+    if Path(sweep.out).exists() and not Path(sweep.out).is_dir():
+        raise SweepError(f"out {sweep.out} is a file, not a folder; pass another --out")
+
+
+def data_problems(sweep: Sweep) -> list[str]:
+    """Why some task's data cannot be read here (no folder holds it and the hub needs ``datasets``):
+    a plan is made without reading any data, a run is not (``lorabench sweep`` stops on these)."""
+    problems = []
     for data_dir, task, revision in sorted({(c.data_dir, c.task, c.data_revision) for c in (r.config for r in sweep.runs)},
                                            key=str):
         try:
             resolve_source(data_dir, task, revision)
         except DataError as e:
-            raise SweepError(f"task {task}: {e}") from None
-    if Path(sweep.out).exists() and not Path(sweep.out).is_dir():
-        raise SweepError(f"out {sweep.out} is a file, not a folder; pass another --out")
+            problems.append(f"task {task}: {e}")
+    return problems
 
 
 def load_sweep(path: str | os.PathLike, overrides: dict | None = None, **kwargs: Any) -> Sweep:
