@@ -13,9 +13,10 @@ user's session and needs no display. One figure per (model, task) for the per-ta
   over seeds (a dot alone with one seed), sorted by mean; filled markers for the best and the
   methods tied with it, hollow for those significantly below it, the reference's mean as a line;
 - ``lr-*``:      dev metric vs learning rate (log x), one line per variant: at each lr the
-  configuration the selection split prefers (``selection.lr_curves``), its mean
-  over seeds with the 95% interval as a band -- the learning-rate sensitivity of each method, and
-  whether a tuned LoRA matches the variants; only variants that ran >= 2 lrs;
+  configuration the selection split prefers (``selection.lr_curves``), its mean ± std over seeds,
+  the marker growing with the seeds it ran (successive halving gives the better lrs more) -- the
+  learning-rate sensitivity of each method, and whether a tuned LoRA matches the variants; only
+  variants that ran >= 2 lrs;
 and one per model for the costs: ``train-time-*`` and ``peak-memory-*`` (bars per variant, grouped
 by task).
 """
@@ -173,8 +174,6 @@ def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Pa
 
 
 def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
-    from .stats import mean_ci
-
     curves = report.curves.get((model, task))
     if not curves:
         return None
@@ -182,15 +181,13 @@ def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] 
     for variant, points in sorted(curves.items()):
         style = _style(report, variant)
         lrs, means = [lr for lr, _ in points], [100 * c.mean for _, c in points]
-        ax.plot(lrs, means, marker=style["marker"], markersize=4, label=variant, color=style["color"])
-        band = [(lr, mean_ci(c.values)) for lr, c in points]
-        band = [(lr, ci) for lr, ci in band if ci is not None]
-        if len(band) >= 2:
-            ax.fill_between([lr for lr, _ in band], [100 * ci[0] for _, ci in band], [100 * ci[1] for _, ci in band],
-                            color=style["color"], alpha=0.15, lw=0)
+        ax.plot(lrs, means, label=variant, color=style["color"], lw=1.2)
+        for lr, c in points:  # marker area grows with the seeds (halving gives the better lrs more)
+            ax.errorbar(lr, 100 * c.mean, yerr=100 * (c.std or 0), fmt=style["marker"], color=style["color"],
+                        markersize=3 + 1.5 * c.n, capsize=2, lw=0.8, alpha=0.9)
     ax.set_xscale("log")
-    ax.set(xlabel="learning rate", ylabel=f"dev {points[0][1].metric_name} ×100 (mean over seeds)",
-           title=f"{task}: learning-rate sensitivity ({model})")
+    ax.set(xlabel="learning rate", ylabel=f"dev {points[0][1].metric_name} ×100 (mean ± std over seeds)",
+           title=f"{task}: learning-rate sensitivity ({model}); larger markers: more seeds")
     _legend(fig, ax)
     return _save(fig, out, f"lr-{model}-{task}")
 
