@@ -105,9 +105,9 @@ def main() -> int:
     if unknown:
         p.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
 
-    from lorabench.cli import _quiet_transformers
+    from lorabench.models import quiet_transformers
 
-    _quiet_transformers()  # no weight-loading report per run: the table says what matters
+    quiet_transformers()  # no weight-loading report per run: the table says what matters
     rows = []
     for task in tasks:
         result = run_task(task, args)
