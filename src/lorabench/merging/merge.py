@@ -1,0 +1,180 @@
+"""Read the adapters to merge, check them before any compute, and merge them: ``merge_adapters``.
+
+An adapter merges when its variant is LoRA-form: its layer output is W0 x + s B A x and nothing
+else changes the layer, the test ``lorabench.pack`` applies (``Variant.unpackable() is None``:
+lora, swapped, lora_plus, lora_fa, ffa_lora, allora, pissa, olora). Each layer's update is read
+as ``lowrank_factors()``: ``(B, A)`` with ``B @ A`` the change relative to the ORIGINAL base
+weights. For PiSSA / OLoRA (residual inits: the frozen base is W - s B0 A0) that is the rank-2r
+pair ``[s B | -s B0]``, ``[A; A0]`` (as ``export_peft`` writes them), so they merge correctly with
+plain LoRAs and the merged adapter applies to the original base.
+
+Every adapter needs the result JSON that ``lorabench train --save-adapter`` writes beside it
+(``run-<id>.json`` beside ``run-<id>-adapter/``): it names the adapter's task. All adapters must
+share the base model, its weights (fingerprint), architecture and target layers; no method needs
+equal ranks (every method works on the factors or on dW = B A).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adapters import registry
+from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
+from ..errors import AdapterFileError, VariantError
+from . import concat, dare, lego, linear, ties  # noqa: F401  (register the methods)
+from . import registry as methods
+
+
+@dataclass
+class Source:
+    """One adapter to merge."""
+
+    directory: Path
+    config: dict  # its lorabench_adapter.json
+    result: dict  # the run's result JSON
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer -> (B (out, r), A (r, in)), B A = dW
+    head: dict[str, torch.Tensor]  # the task head's tensors (every saved tensor outside the adapters)
+
+    @property
+    def task(self) -> str:
+        return self.result["task"]
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.factors.values()))[1].shape[0]
+
+
+def why_not_mergeable(variant: str) -> str | None:
+    """Why adapters of ``variant`` cannot merge, or None when they can."""
+    cls = registry.get(variant)
+    if not cls.has_lora_factors:
+        return "it has no low-rank factors A, B"
+    return cls.unpackable()
+
+
+def mergeable_variants() -> list[str]:
+    return [n for n in registry.names() if why_not_mergeable(n) is None]
+
+
+def result_beside(directory: Path) -> dict:
+    """The result JSON of the run that saved ``directory``."""
+    path = directory.parent / f"{directory.name.removesuffix('-adapter')}.json"
+    if not directory.name.endswith("-adapter") or not path.is_file():
+        raise AdapterFileError(f"no result JSON {path.name} beside {directory}; lorabench merge reads each adapter's task "
+                               "from the run-<id>.json that `lorabench train --save-adapter` writes beside run-<id>-adapter/")
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFileError(f"{path} is not valid JSON ({e}); train the adapter again") from None
+    if not isinstance(result, dict) or not isinstance(result.get("task"), str):
+        raise AdapterFileError(f"{path} names no task (a 'task' string); is it a lorabench result JSON?")
+    return result
+
+
+def read_source(directory: str | Path) -> Source:
+    directory = Path(directory)
+    config = read_adapter_config(directory)
+    why = why_not_mergeable(config["variant"])
+    if why is not None:
+        raise VariantError(f"{directory} is a {config['variant']!r} adapter, which cannot merge: {why}. lorabench merge "
+                           f"takes LoRA-form adapters (W0 x + s B A x): {', '.join(mergeable_variants())}")
+    result = result_beside(directory)
+    tensors = read_adapter_tensors(directory)
+    cls = registry.get(config["variant"])
+    opts = cls.make_options(**config["options"])
+    factors, owned = {}, set()
+    for layer in config["targets"]:
+        prefix = f"{layer}.adapter."
+        state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        owned.update(k for k in tensors if k.startswith(prefix) or k.startswith(f"{layer}{RULE_INFIX}"))
+        if "lora_A" not in state or "lora_B" not in state:
+            raise AdapterFileError(f"{directory} has no lora_A / lora_B for layer {layer!r}; the file is corrupt, "
+                                   "save the adapter again")
+        n_in, n_out = state["lora_A"].shape[1], state["lora_B"].shape[0]
+        variant = cls(n_in, n_out, opts)
+        variant.load_state_dict(state)
+        with torch.no_grad():
+            B, A = variant.lowrank_factors()  # B @ A: the change to the original base weight
+        factors[layer] = (B.detach().float(), A.detach().float())
+    head = {k: v for k, v in tensors.items() if k not in owned and not k.startswith("lorabench_shared.")}
+    return Source(directory, config, result, factors, head)
+
+
+def check_sources(sources: list[Source]) -> None:
+    """One base, one architecture and the same target layers for all, or an error naming the two that differ."""
+    if len(sources) < 2:
+        raise AdapterFileError(f"merging needs two or more adapters, got {len(sources)}; pass several "
+                               "run-<id>-adapter folders (one per task)")
+    first = sources[0]
+    for s in sources[1:]:
+        for key, what in (("targets", "target layers"), ("base_model", "base model"), ("fingerprint", "base weights")):
+            if s.config.get(key) != first.config.get(key):
+                raise AdapterFileError(
+                    f"{s.directory} and {first.directory} differ in their {what} ({key}: {s.config.get(key)!r} vs "
+                    f"{first.config.get(key)!r}); merge adapters trained on one base with the same --targets")
+        digest = (s.config.get("architecture") or {}).get("digest")
+        if digest != (first.config.get("architecture") or {}).get("digest"):
+            raise AdapterFileError(f"{s.directory} and {first.directory} were saved from different architectures "
+                                   "(layer count or shapes); merge adapters of one base with the same --layers")
+
+
+@dataclass
+class Merged:
+    """The merged factors per layer and what made them."""
+
+    method: str
+    weights: list[float]
+    density: float | None
+    k: int | None
+    seed: int
+    rank: int
+    sources: list[Source]
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+
+    def options(self) -> dict[str, Any]:
+        used = methods.get(self.method).uses
+        return {"weights": self.weights, "rank": self.rank, **{k: getattr(self, k) for k in ("density", "k", "seed")
+                                                                if k in used}}
+
+
+def check_options(method: type, n: int, weights: list[float] | None, density: float | None, k: int | None,
+                  seed: int | None) -> tuple[list[float], float | None]:
+    """The weights and density to use, or a VariantError naming the bad option and the fix."""
+    given = {"density": density, "k": k, "seed": seed}
+    extra = [f"--{name}" for name, v in given.items() if v is not None and name not in method.uses]
+    if extra:
+        takes = ", ".join(f"--{u}" for u in sorted(method.uses)) or "only --weights"
+        raise VariantError(f"method {method.name!r} takes no {', '.join(extra)} (it takes {takes}); drop the flag")
+    if weights is not None and len(weights) != n:
+        raise VariantError(f"--weights has {len(weights)} values for {n} adapters; give one weight per adapter")
+    if "density" in method.uses:
+        density = method.default_density if density is None else density
+        if not 0.0 < density <= 1.0:
+            raise VariantError(f"--density must be in (0, 1] (the fraction of each update's entries kept), got {density}")
+    if k is not None and k < 1:
+        raise VariantError(f"--k must be a positive integer (the merged rank), got {k}")
+    return (method.default_weights(n) if weights is None else list(weights)), density
+
+
+def merge_adapters(directories: list[str | Path], method: str, *, weights: list[float] | None = None,
+                   density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
+    """Merge the adapters in ``directories`` (see the package docstring); every check runs first."""
+    cls = methods.get(method)
+    sources = [read_source(d) for d in directories]
+    check_sources(sources)
+    weights, density = check_options(cls, len(sources), weights, density, k, seed)
+    rank = cls.rank([s.rank for s in sources], k)
+    shapes = {layer: (B.shape[0], A.shape[1]) for layer, (B, A) in sources[0].factors.items()}
+    layer, (n_out, n_in) = min(shapes.items(), key=lambda kv: min(kv[1]))
+    if rank > min(n_out, n_in):
+        raise VariantError(f"the merged rank {rank} is larger than min(in, out) = {min(n_out, n_in)} of layer {layer!r}; "
+                           f"merge fewer adapters or pass --k {min(n_out, n_in)} or less")
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    factors = {name: cls.merge_layer([s.factors[name] for s in sources], weights, rank, density, generator)
+               for name in sources[0].config["targets"]}
+    return Merged(cls.name, weights, density, k, 0 if seed is None else seed, rank, sources, factors)
