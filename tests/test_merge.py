@@ -197,3 +197,11 @@ def test_the_command_evaluates_each_task_merged_own_and_without_adapter(tmp_path
             assert 0.0 <= t[kind]["validation"]["accuracy"] <= 1.0, (task, kind)
     assert "merged - own" in capsys.readouterr().out and (out / "merge.md").is_file()
     assert (out / "sst2" / "lorabench_adapter.safetensors").is_file()
+
+
+def test_the_merge_glue_preset_trains_one_saved_lora_per_task():
+    from lorabench import sweep
+
+    s = sweep.load_sweep("merge-glue")
+    assert sorted(r.config.task for r in s.runs) == ["cola", "mrpc", "rte", "sst2", "stsb"]
+    assert {(r.config.variant, r.config.save_adapter, r.config.model) for r in s.runs} == {("lora", True, "minilm")}
