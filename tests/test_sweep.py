@@ -241,7 +241,7 @@ def test_killed_run_and_sigkilled_sweep_then_resume(tmp_path):
     assert not list(out.glob(".*.tmp"))
     # a measured throughput now drives the estimate
     rates = sweep.measured_rates(out)
-    assert ("minilm", 2) in rates
+    assert ("tokens", "minilm", 2) in rates
     cfg = sweep.load_sweep(path, {"out": str(out)}).runs[0].config
     assert sweep.estimate_seconds(cfg, rates) != sweep.estimate_seconds(cfg, {})
 
@@ -273,3 +273,18 @@ def test_a_sweep_with_no_glue_data_anywhere_stops_before_any_run(tmp_path, monke
     assert re.search(r"task sst2: no GLUE data found.*pip install datasets.*--data-dir", problem)
     assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "no GLUE data found" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_estimate_carries_a_rate_to_another_task_by_tokens():
+    from lorabench.config import RunConfig
+    from lorabench.data.glue import get_task
+
+    sst2, rte = (RunConfig(task=t, max_length=128, train_limit=1000, eval_limit=10, epochs=1) for t in ("sst2", "rte"))
+    load = sweep.estimate_seconds(RunConfig(task="sst2", train_limit=1, eval_limit=1, epochs=1e-9), {})
+    ratio = (sweep.estimate_seconds(rte, {}) - load) / (sweep.estimate_seconds(sst2, {}) - load)
+    assert ratio == pytest.approx(get_task("rte").mean_tokens / get_task("sst2").mean_tokens, rel=0.05)
+    measured = {("tokens", "minilm", None): 1400.0}  # SST-2 runs measured 1,400 tokens/s on this machine
+    per_example = 1000 / (1400.0 / get_task("rte").mean_tokens)
+    assert sweep.estimate_seconds(rte, measured) == pytest.approx(10.0 + per_example, rel=0.05)
+    capped = RunConfig(task="rte", max_length=32, train_limit=1000, eval_limit=10, epochs=1)
+    assert sweep.estimate_seconds(capped, measured) < sweep.estimate_seconds(rte, measured)  # truncated rows cost less

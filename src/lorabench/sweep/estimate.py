@@ -1,6 +1,9 @@
 """How long the runs of a sweep will take: measured rates from finished results where there
-are any, else each model alias's assumed rate (``models.Alias``) and each task's size
-(``TaskSpec.sizes``). Rough by design; ``--dry-run`` prints it before anything runs."""
+are any, else each model alias's assumed rate (``models.Alias``), and each task's size
+(``TaskSpec.sizes``). A rate measured on another task, or an alias's (measured on SST-2), is
+carried over by tokens: the cost of an example grows with its tokens (``TaskSpec.mean_tokens``,
+capped at ``max_length``), so an RTE example (~70 tokens) costs ~5x an SST-2 one (~13). Rough by
+design; ``--dry-run`` prints it before anything runs."""
 
 from __future__ import annotations
 
@@ -19,21 +22,35 @@ LOAD_OTHER_S = 60.0  # process start + imports + model and data load, for a mode
 EVAL_SPEEDUP = 2.0  # evaluation: forward only, but dev sentences run longer (measured ~1.9x on SST-2)
 
 
+#: The task the aliases' assumed rates were measured on.
+ALIAS_RATE_TASK = "sst2"
+
+
 def measured_rates(folder: str | os.PathLike) -> dict[tuple, float]:
-    """Median train examples/s of the ok results in ``folder``, keyed at three levels of detail."""
+    """Median train examples/s of the ok results in ``folder`` per (model, layers, task,
+    max_length[, variant]), and median tokens/s per ("tokens", model, layers)."""
     samples: dict[tuple, list[float]] = {}
     for _, r in results.load_results(folder, warn=False) if Path(folder).is_dir() else []:
-        rate = (r.get("time") or {}).get("examples_per_s")
-        if r["status"] != "ok" or not rate:
+        time = r.get("time") or {}
+        if r["status"] != "ok" or not time.get("examples_per_s"):
             continue
         c = r["config"]
         for key in _rate_keys(r["model"], c.get("layers"), r["task"], c.get("max_length"), r["variant"]):
-            samples.setdefault(key, []).append(float(rate))
+            samples.setdefault(key, []).append(float(time["examples_per_s"]))
+        if time.get("tokens_per_s"):
+            samples.setdefault(("tokens", r["model"], c.get("layers")), []).append(float(time["tokens_per_s"]))
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
 def _rate_keys(model, layers, task, max_length, variant) -> list[tuple]:
-    return [(model, layers, task, max_length, variant), (model, layers, task, max_length), (model, layers)]
+    return [(model, layers, task, max_length, variant), (model, layers, task, max_length)]
+
+
+def tokens_per_example(task: str, max_length: int) -> float:
+    try:
+        return min(get_task(task).mean_tokens, max_length)
+    except Exception:  # an unknown task: RunConfig reports it
+        return min(40.0, max_length)
 
 
 def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: bool | None = None) -> float:
@@ -51,9 +68,13 @@ def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: boo
         train_n = min(train_n - cfg.val_size, cfg.train_limit or train_n)
     keys = _rate_keys(cfg.model, cfg.layers, task_key(cfg.task), cfg.max_length, cfg.variant)
     rate = next((rates[k] for k in keys if k in rates), None)
+    tokens = tokens_per_example(cfg.task, cfg.max_length)
+    if rate is None and ("tokens", cfg.model, cfg.layers) in rates:  # measured on other tasks
+        rate = rates[("tokens", cfg.model, cfg.layers)] / tokens
     alias = ALIASES.get(cfg.model)
     if rate is None:
         rate = (alias and alias.cpu_examples_per_s) or ASSUMED_OTHER
+        rate *= tokens_per_example(ALIAS_RATE_TASK, cfg.max_length) / tokens
         if cfg.layers and alias is not None and alias.layers:
             rate *= alias.layers / cfg.layers
         if _cuda() if gpu is None else gpu:
