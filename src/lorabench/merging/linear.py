@@ -14,22 +14,16 @@ weights 1, their sum).
 
 from __future__ import annotations
 
-from .lowrank import stack
-from .registry import Method, register
+from .concat import Concat
+from .registry import register
 
 
 @register("linear")
-class Linear(Method):
+class Linear(Concat):
+    """``concat``'s rank-stacking with default weights 1/N."""
+
     description = "weighted sum of the updates, sum_t w_t s_t B_t A_t (default w_t = 1/N, the mean), exact rank-stacked"
 
     @classmethod
     def default_weights(cls, n):
         return [1.0 / n] * n
-
-    @classmethod
-    def rank(cls, ranks, k):
-        return sum(ranks)
-
-    @classmethod
-    def merge_layer(cls, factors, weights, rank, density, generator):
-        return stack(factors, weights)
