@@ -123,7 +123,7 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
         model.lorabench_shared = shared
     for name, shape in zip(names, shapes):
         base = cls.wrap_base(modules[name], opts)  # the layer itself; a 4-bit copy for QLoRA
-        adapter = cls(*shape, opts, shared)
+        adapter = cls(*shape, cls.layer_options(opts, name), shared)
         adapter.to(device=base.weight.device)
         layer = AdaptedLinear(base, adapter)
         layer.train(base.training)  # a new adapter follows the model's train/eval mode

@@ -110,6 +110,12 @@ class Variant(nn.Module):
         return None
 
     @classmethod
+    def layer_options(cls, opts: Any, layer_name: str) -> Any:
+        """The options the layer ``layer_name`` is built with: ``opts`` (the default). BD-LoRA resolves here,
+        by the layer's name, which of its factors is block-diagonal."""
+        return opts
+
+    @classmethod
     def check_layer(cls, in_features: int, out_features: int, opts: Any, layer_name: str) -> None:
         """Raise VariantError when the options cannot fit this layer: here the ``rank_bound``."""
         bound = cls.rank_bound(opts)
