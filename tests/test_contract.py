@@ -89,6 +89,12 @@ CASES: dict[str, dict] = {
     "lora_squeeze": dict(opts={"r": R, "target_rank": 2}, per_layer=lambda i, o: R * (i + o), archs=BERT),
     "lora_squeeze:anneal": dict(opts={"r": R, "target_rank": 2, "anneal": True}, per_layer=lambda i, o: R * (i + o), archs=BERT),
     "flylora": dict(opts={"r": R, "k": 2}, per_layer=lambda i, o: R * o, archs=ALL),
+    # BD-LoRA: column-parallel layers store B's blocks (out, r/N), row-parallel ones A's (r, in/N). "auto" picks by
+    # name; on BERT its column layers (query, value, intermediate) have in <= out and its row layers in >= out
+    "bd_lora": dict(opts={"r": R, "blocks": 2, "parallel": "column"}, per_layer=lambda i, o: R * i + R * o // 2, archs=ALL),
+    "bd_lora:row": dict(opts={"r": R, "blocks": 2, "parallel": "row"}, per_layer=lambda i, o: R * i // 2 + R * o, archs=ALL),
+    "bd_lora:auto": dict(opts={"r": R, "blocks": 2}, per_layer=lambda i, o: R * i + R * o // 2 if i <= o else R * i // 2 + R * o,
+                         archs=BERT),
     "full": dict(opts={}, all=True, archs=BERT),
     "head": dict(opts={}, per_layer=None, archs=BERT),
 }
@@ -234,7 +240,6 @@ def test_trainable_count_matches_paper(case_id, arch, make_model):
     if row.get("all"):
         assert trainable == total
         return
-    opts = cls.make_options(**row["opts"])
     head = sum(p.numel() for h in head_modules(model) for p in model.get_submodule(h).parameters())
     layers = list(adapted_layers(model))
     per_layer = row["per_layer"]
@@ -244,7 +249,7 @@ def test_trainable_count_matches_paper(case_id, arch, make_model):
     for name, layer in layers:
         i, o = layer.adapter.in_features, layer.adapter.out_features
         try:
-            formula = cls.num_trainable_formula(i, o, opts)
+            formula = cls.num_trainable_formula(i, o, layer.adapter.opts)  # per layer (Variant.layer_options)
         except NotImplementedError:
             continue
         assert formula == per_layer(i, o), f"{cls.__name__}.num_trainable_formula disagrees with the paper on {name}"

@@ -27,7 +27,8 @@ R = 4
 #: Exported but not read back yet: the PEFT methods lorabench writes and has no reader for.
 UNREAD = {"ADALORA", "UNILORA"}
 # qlora's exported LoRA sits on a 4-bit base, which a fresh full-precision model is not.
-OPTIONS = {"adalora": {"init_r": R, "target_r": 2}, "qlora": None, "flylora": {"r": 16, "k": 4}}
+OPTIONS = {"adalora": {"init_r": R, "target_r": 2}, "qlora": None, "flylora": {"r": 16, "k": 4},
+           "bd_lora": {"r": R, "blocks": 2}}
 
 
 def exported(variant, arch, make_model, folder):
