@@ -20,6 +20,7 @@ from typing import Any
 
 from . import units
 from .adapters import registry
+from .regularizers import registry as regularizers
 from .choices import HEADS, LOG_WITH, POOLINGS, PRECISIONS, QUANT_TYPES
 from .data.fingerprint import fingerprint_of
 from .data.glue import get_task, locate
@@ -83,6 +84,8 @@ class RunConfig:
     model_dropout: float | None = setting(None, "set every dropout probability of the backbone and its head "
                                                 "(hidden, attention, classifier) to P; unset: the checkpoint's "
                                                 "(0.1 for the BERT family)", group=_WHAT, metavar="P")
+    regularizer: str | None = setting(None, f"loss term against forgetting, head lm only: {', '.join(regularizers.names())}; "
+                                            "NAME:weight=W sets its weight (unset: none)", group=_WHAT, metavar="NAME")
     # ---- optimisation ---------------------------------------------------------------
     lr: float = setting(5e-4, "peak learning rate of AdamW", group=_OPT)
     weight_decay: float = setting(0.01, "AdamW decoupled weight decay (0 for biases and norms)", group=_OPT)
@@ -158,6 +161,7 @@ class RunConfig:
         check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         check(not (self.head == "lm" and self.pooling == "mean"),
               "pooling 'mean' goes with head 'cls'; head 'lm' reads the label word after the prompt")
+        self.regularizer = regularizers.canonical(self.regularizer, self.head)  # refused for head cls
         check(self.lr > 0, f"lr must be > 0, got {self.lr}; e.g. --lr 5e-4")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}; e.g. --epochs 3")
@@ -268,7 +272,7 @@ class RunConfig:
         out["memory_budget"] = self.budget_bytes()
         if self.num_processes == 1:  # the run ids of single-process runs predate the field
             del out["num_processes"]
-        for name in ("model_dropout", "val_size"):  # nor does an unset newer field change them
+        for name in ("model_dropout", "val_size", "regularizer"):  # nor does an unset newer field change them
             if getattr(self, name) is None:
                 del out[name]
         return out

@@ -21,6 +21,8 @@ class PromptClassifier(nn.Module):
     """
 
     pooling = "lm"
+    #: an output-space loss term against forgetting (``lorabench.regularizers.attach``), or None
+    regularizer = None
 
     def __init__(self, causal_lm: nn.Module, label_token_ids: list[int]):
         super().__init__()
@@ -43,21 +45,30 @@ class PromptClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None, **ignored) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        # The LM head runs on B positions, not B*T: (B, V) instead of (B, T, V) logits.
-        out = self.causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = out.last_hidden_state  # (B, T, H)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-        last = (positions * attention_mask.to(positions.dtype)).argmax(-1)  # (B,) last real token
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        vocab_logits = self.causal_lm.get_output_embeddings()(h)  # (B, V)
-        cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma 2
-        if cap:
-            vocab_logits = torch.tanh(vocab_logits / cap) * cap
+        vocab_logits = label_position_logits(self.causal_lm, input_ids, attention_mask)  # (B, V)
         logits = vocab_logits[:, self.label_token_ids]  # (B, C)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(vocab_logits.float(), self.label_token_ids[labels.long()])
+            target = self.label_token_ids[labels.long()]  # (B,)
+            loss = F.cross_entropy(vocab_logits.float(), target)
+            if self.regularizer is not None:  # e.g. mask_target: a KL to the base off the target token
+                loss = loss + self.regularizer(vocab_logits, target, input_ids, attention_mask)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def label_position_logits(causal_lm: nn.Module, input_ids, attention_mask) -> torch.Tensor:
+    """The LM's next-token logits at the last real position (right padding): (B, V).
+    The LM head runs on B positions, not B*T: (B, V) instead of (B, T, V) logits."""
+    out = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out.last_hidden_state  # (B, T, H)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(-1)  # (B,) last real token
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    vocab_logits = causal_lm.get_output_embeddings()(h)  # (B, V)
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)  # Gemma 2
+    if cap:
+        vocab_logits = torch.tanh(vocab_logits / cap) * cap
+    return vocab_logits
 
 
 class MeanPoolClassifier(nn.Module):

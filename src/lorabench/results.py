@@ -43,6 +43,10 @@ Schema (``schema_version`` 2). Keys marked * are always present.
     packed             a packed run only: {"size", "wall_s" (the pack's training time until this run
                        left it), "time"}; then ``time.train_s`` / ``eval_s`` are its share of the
                        pack's wall time (each step's time over the runs in it)
+    forgetting         a ``--head lm`` run only (``lorabench.forgetting``): {"text", "sha256", "tokens",
+                       "base_ppl", "ppl", "kl"}: the decoder's perplexity on lorabench's general-text
+                       sample before and after training and the mean KL(base || tuned) of its next-token
+                       distributions (nats per token); null when training crashed
     env*               {"device_name", "python", "torch", "transformers", "lorabench", "git_rev"}
     started_at*        ISO-8601 UTC
     finished_at*       ISO-8601 UTC

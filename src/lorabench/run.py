@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, fourbit, inject, quant, results, trackers
+from . import distributed, forgetting, fourbit, inject, quant, regularizers, results, trackers
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
 from .data import build_loaders, get_task
@@ -60,6 +60,7 @@ def load(cfg: RunConfig):
     set_seed(cfg.seed)  # the task head and the adapter are initialised randomly
     model, tokenizer = load_base(cfg)
     check_max_length(model, tokenizer, cfg.max_length, cfg.model)
+    regularizers.attach(model, cfg.regularizer)  # before apply: it keeps a frozen copy of the base
     inject.apply(model, cfg.variant, cfg.targets, **cfg.variant_options())
     # QLoRA-style: every frozen linear layer stored in 4 bits, after apply, so data-free inits
     # see the full-precision W and a residual init (PiSSA) stores its exact residual in 4 bits
@@ -131,7 +132,10 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if distributed.needs_launch(cfg):
         return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
     started = results.now()
-    task, model, _tokenizer, train_loader, dev_loaders = load(cfg)
+    task, model, tokenizer, train_loader, dev_loaders = load(cfg)
+    # The decoder's language model on general text, before (= the base: adapters start as the identity) and after
+    measured = cfg.head == "lm" and main and not distributed.uses_fsdp()
+    base_text = forgetting.measure_base(model, tokenizer) if measured else None
     state = TrainState()
     error: BaseException | None = None
     with trackers.open_run(cfg, rid) if main else trackers.NULL as tracker:  # closed however the run ends
@@ -149,6 +153,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             adapter_bytes = save_run_adapter(cfg, rid, model)
 
         result = result_of(cfg, rid, data, started, task, model, state, train_loader, dev_loaders, adapter_bytes)
+        if base_text is not None:
+            result["forgetting"] = measure_forgetting(model, base_text, state.status)
         tracker.log_result(result)
     if main:
         results.write_json_atomic(path, result)
@@ -157,6 +163,18 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if state.status == "diverged":
         warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
     return result
+
+
+def measure_forgetting(model, base_text, status: str) -> dict | None:
+    """The result's ``forgetting`` record (``lorabench.forgetting``); None when training crashed,
+    or when measuring fails (with a warning: the run's result is written all the same)."""
+    if status not in ("ok", "diverged"):
+        return None
+    try:
+        return forgetting.measure_after(model, base_text)
+    except (RuntimeError, ValueError) as e:  # CUDA out of memory is a RuntimeError
+        warnings.warn(f"forgetting not measured: {type(e).__name__}: {e}", stacklevel=2)
+        return None
 
 
 def save_run_adapter(cfg: RunConfig, rid: str, model) -> int:

@@ -10,8 +10,8 @@ optimisation rule, epochs, batch size, accumulation, warmup, weight decay, clipp
 A run trains alone, with the reason in the plan, when its variant's change is not a low-rank
 product on the layer input (``Variant.unpackable``), or when it needs what only a process of its
 own gives: several processes, a memory budget (micro-batch planning and the out-of-memory retry),
-fp16 loss scaling, gradient checkpointing, a 4-bit base, the prompt head (its loss is over the
-vocabulary).
+fp16 loss scaling, gradient checkpointing, a 4-bit base, a loss regularizer (``--regularizer``), the
+prompt head (its loss is over the vocabulary).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def unpackable(cfg: Any) -> str | None:
         (cfg.precision == "fp16", "fp16 needs its own loss scaling"),
         (cfg.grad_checkpointing, "gradient checkpointing is not packed"),
         (cfg.quantize is not None, "its base is stored in 4 bits"),
+        (getattr(cfg, "regularizer", None) is not None, "its loss has a regularizer toward a frozen copy of the base"),
         (cfg.head != "cls", "the prompt head's loss is over the whole vocabulary"),
     ]
     for bad, why in reasons:
