@@ -50,6 +50,7 @@ from .selection import (  # noqa: F401  (report.load_runs & co.: part of its fac
     task_order,
     varying_keys,
 )
+from .forgetting_table import forgetting_table
 from .stats import holm, mean_ci, paired_t_test, t_two_sided_p  # noqa: F401  (report.paired_t_test: its face)
 from .tables import (
     cell_score,
@@ -313,7 +314,7 @@ def build_report(folder: str | Path, metric_from: str = "best") -> Report:
     verdict = verdicts(best)
     tables = {"best": best_tables(best, verdict), "compare": [comparison_table(best, verdict)],
               "detail": [detail_table(best, configs, verdict)], "hparams": hparam_tables(configs, best),
-              "failed": [failed_table(runs)]}
+              "failed": [failed_table(runs)], "forgetting": [forgetting_table(configs, folder)]}
     about = [line for line in (selection_note(runs, configs), seeds_note(best)) if line]
     notes += edge_notes(best, configs)
     curves = {key: lr_curves(configs, *key) for key in sorted({k[:2] for k in best})}
@@ -346,7 +347,7 @@ def markdown(report: Report, folder: str | Path) -> str:
              f"{len(report.runs)} runs, {len(report.configs)} configurations, "
              f"{sum(r.status != 'ok' for r in report.runs)} not ok.", *report.about,
              *(f"**Note:** {n}" for n in report.notes)]
-    for name in ("best", "compare", "detail", "hparams", "failed"):
+    for name in ("best", "compare", "forgetting", "detail", "hparams", "failed"):
         parts += [to_markdown(t) for t in report.tables[name] if t.rows]
     return "\n\n".join(parts) + "\n"
 
@@ -372,7 +373,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, html: boo
         figures = make_plots(report, out / "plots")
         written += [p for f in figures for p in f]
     if html:
-        shown = [t for name in ("best", "compare", "detail", "hparams", "failed") for t in report.tables[name] if t.rows]
+        shown = [t for name in ("best", "compare", "forgetting", "detail", "hparams", "failed") for t in report.tables[name]
+                 if t.rows]
         subtitle = f"{shown_name(folder)}: {len(report.runs)} runs, {len(report.configs)} configurations"
         written.append(write_html_page(out / "report.html", subtitle, shown, [png for png, _ in figures]))
     if echo:
