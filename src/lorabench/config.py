@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from .data.fingerprint import fingerprint_of
 from .data.glue import get_task, locate
 from .errors import ConfigError, DataError, VariantError
 from .ids import canonical, run_id
+from .config_types import coerce, match_option_types
 from .yamlio import YAMLLoader, load_yaml, parse_yaml  # noqa: F401  (config.load_yaml: read a run file)
 
 _NAME = re.compile(r"[\w.\-]+")
@@ -147,7 +147,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints(type(self))[f.name]))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints(type(self))[f.name]))
         for f in dataclasses.fields(self):  # nan and inf parse as floats; no setting takes them
             value = getattr(self, f.name)
             check(not isinstance(value, float) or math.isfinite(value),
@@ -248,7 +248,7 @@ class RunConfig:
                 )
                 opts[key] = value
         cls = _variant(self.variant)
-        opts = _match_option_types(cls.Options, opts)
+        opts = match_option_types(cls.Options, opts)
         try:
             made = cls.make_options(**opts)
         except VariantError as e:
@@ -305,54 +305,6 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` as the field's type, or a ConfigError naming the expected type."""
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    args = typing.get_args(hint) if is_union else (hint,)
-    kinds = [a for a in args if a is not type(None)]
-    if value is None:
-        check(len(kinds) < len(args), f"{name} must not be null; give a {_type_name(kinds[0])}")
-        return None
-    for kind in kinds:
-        converted = _as(value, kind)
-        if converted is not _FAIL:
-            return converted
-    wanted = " or ".join(_type_name(k) for k in kinds)
-    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
-
-
-_FAIL = object()
-
-
-def _as(value: Any, kind: Any) -> Any:
-    origin = typing.get_origin(kind) or kind
-    if origin is bool:
-        return value if isinstance(value, bool) else _FAIL
-    if isinstance(value, bool):
-        return _FAIL  # True is an int in Python, never a number here
-    value = units.parse_number(value)
-    if origin is int:
-        if isinstance(value, int):
-            return value
-        return int(value) if isinstance(value, float) and value.is_integer() else _FAIL
-    if origin is float:
-        return float(value) if isinstance(value, (int, float)) else _FAIL
-    if origin is str:
-        return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) else _FAIL)
-    if origin is dict:
-        return dict(value) if isinstance(value, dict) and all(isinstance(k, str) for k in value) else _FAIL
-    if origin is list:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return list(value) if ok else _FAIL
-    return _FAIL
-
-
-def _type_name(kind: Any) -> str:
-    origin = typing.get_origin(kind) or kind
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a mapping", list: "a list of strings"}.get(origin, str(kind))
-
-
 def _normalize_targets(targets: Any) -> Any:
     """"query,value" and "query" -> a list of suffixes; "all-linear" and regexes stay strings."""
     if isinstance(targets, str):
@@ -368,22 +320,6 @@ def _normalize_targets(targets: Any) -> Any:
     if isinstance(targets, list):
         check(len(targets) > 0, "targets is an empty list; give layer names, a regex or all-linear (or null)")
     return targets
-
-
-def _match_option_types(options_cls: type, opts: dict[str, Any]) -> dict[str, Any]:
-    """int -> float for float options (alpha=16 and 16.0 are one run id); 8.0 -> 8 for ints."""
-    try:
-        hints = typing.get_type_hints(options_cls)
-    except Exception:  # an annotation we cannot resolve: leave the values as they are
-        return opts
-    out = dict(opts)
-    for key, value in opts.items():
-        hint = hints.get(key)
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = float(value)
-        elif hint is int and isinstance(value, float) and value.is_integer():
-            out[key] = int(value)
-    return out
 
 
 def _task(name: str):
