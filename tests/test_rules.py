@@ -185,8 +185,8 @@ def test_variants_lora_plus_and_lora_fa_are_the_lora_structure_with_a_default_ru
 
 # ---- combinations that make no sense ---------------------------------------------------------
 @pytest.mark.parametrize("variant, opts, message", [
-    ("vera", {"optimizer": "lora_fa"}, r"variant 'vera' has no low-rank factors A, B\. Use one of: .*lora.*pissa"),
-    ("lora_xs", {"optimizer": "lora_pro"}, r"variant 'lora_xs' has no low-rank factors.*variant='lora', optimizer='lora_pro'"),
+    ("vera", {"optimizer": "lora_fa"}, r"variant 'vera' keeps no plain dense factors A, B for a rule to act on\. Use one of: .*lora.*pissa"),
+    ("lora_xs", {"optimizer": "lora_pro"}, r"variant 'lora_xs' keeps no plain dense factors.*variant='lora', optimizer='lora_pro'"),
     ("lora", {"optimizer": "lora_fa", "init": "swapped"}, r"init='swapped' sets A = 0.*use init='kaiming'"),
     ("lora", {"optimizer": "sgd"}, r"unknown optimizer 'sgd'; choose one of: adamw, lora_plus"),
     ("lora", {"lr_ratio": 4}, r"'lora' has no option 'lr_ratio' with optimizer='adamw' \(lr_ratio belongs to "

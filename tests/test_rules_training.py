@@ -72,7 +72,7 @@ def test_cli_opt_optimizer_composes_structure_init_and_rule():
     opts = config_from_args(args).variant_options()
     assert (opts["init"], opts["optimizer"], opts["lr_ratio"]) == ("pissa", "lora_plus", 4.0)
     args = cli.build_parser().parse_args(["train", "--variant", "vera", "--opt", "optimizer=lora_fa"])
-    with pytest.raises(ConfigError, match="has no low-rank factors"):
+    with pytest.raises(ConfigError, match="keeps no plain dense factors"):
         config_from_args(args).variant_options()
 
 

@@ -33,7 +33,7 @@ def check_foreign_optimizer(variant_cls: type, name: Any) -> None:
     get_rule(name)
     if name == "adamw":
         return
-    why = ("has no low-rank factors A, B" if not variant_cls.has_lora_factors
+    why = ("keeps no plain dense factors A, B for a rule to act on" if not variant_cls.has_lora_factors
            else "has its optimisation rule built in")
     raise VariantError(
         f"optimizer={name!r} needs a LoRA-family variant with an 'optimizer' option; variant {variant_cls.name!r} "

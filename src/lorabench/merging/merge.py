@@ -53,7 +53,7 @@ def why_not_mergeable(variant: str) -> str | None:
     """Why adapters of ``variant`` cannot merge, or None when they can."""
     cls = registry.get(variant)
     if not cls.has_lora_factors:
-        return "it has no low-rank factors A, B"
+        return "it keeps no plain dense low-rank factors A, B"
     return cls.unpackable()
 
 
