@@ -7,39 +7,13 @@ every variant file, so that ``names()`` lists them all).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 from ..errors import VariantError
+from ..registries import Registry
 
-_REGISTRY: dict[str, Any] = {}
-
-
-def register(name: str):
-    """Class decorator: make a Variant subclass available as ``name``."""
-
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"variant {name!r} is registered twice ({_REGISTRY[name].__qualname__}, {cls.__qualname__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def get(name: str):
-    """The Variant class registered as ``name`` (case-insensitive, '-' == '_')."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise VariantError(
-            f"unknown variant {name!r}; known variants: {', '.join(names())}. "
-            "Run `lorabench variants` for their options."
-        )
-    return _REGISTRY[key]
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+#: The registered variants: ``register(name)`` in each variant file, ``get``, ``names``.
+VARIANTS = Registry("variant", lambda name, known: VariantError(
+    f"unknown variant {name!r}; known variants: {', '.join(known)}. Run `lorabench variants` for their options."))
+register, get, names = VARIANTS.register, VARIANTS.get, VARIANTS.names
 
 
 def with_option(option: str) -> list[str]:

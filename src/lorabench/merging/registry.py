@@ -7,13 +7,17 @@ import this module, never the package face (``merging/__init__.py`` imports ever
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..errors import VariantError
+from ..registries import Registry
 
-_REGISTRY: dict[str, Any] = {}
+#: The registered merge methods: ``register(name)`` in each method file, ``get``, ``names``.
+METHODS = Registry("merge method", lambda name, known: VariantError(
+    f"unknown merge method {name!r}; choose one of: {', '.join(known)}"))
+register, get, names = METHODS.register, METHODS.get, METHODS.names
 
 
 class Method:
@@ -44,28 +48,3 @@ class Method:
         """``(B (out, rank), A (rank, in))`` from every adapter's ``(B_t, A_t)`` of this layer, with
         ``B_t @ A_t`` its update (scale folded into B)."""
         raise NotImplementedError
-
-
-def register(name: str):
-    """Class decorator: make a Method subclass available as ``name``."""
-
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"merge method {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def get(name: str):
-    """The Method class registered as ``name``."""
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        raise VariantError(f"unknown merge method {name!r}; choose one of: {', '.join(names())}")
-    return _REGISTRY[key]
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)

@@ -16,33 +16,12 @@ import dataclasses
 from typing import Any
 
 from ..errors import ConfigError
+from ..registries import Registry
 
-_REGISTRY: dict[str, Any] = {}
-
-
-def register(name: str):
-    """Class decorator: make a regularizer class available as ``name``."""
-
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"regularizer {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str):
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise ConfigError(f"unknown regularizer {name!r}; known regularizers: {', '.join(names())} "
-                          "(or leave regularizer unset)")
-    return _REGISTRY[key]
+#: The registered regularizers: ``register(name)`` in each regularizer file, ``get``, ``names``.
+REGULARIZERS = Registry("regularizer", lambda name, known: ConfigError(
+    f"unknown regularizer {name!r}; known regularizers: {', '.join(known)} (or leave regularizer unset)"))
+register, get, names = REGULARIZERS.register, REGULARIZERS.get, REGULARIZERS.names
 
 
 def parse(spec: str) -> tuple[Any, Any]:
