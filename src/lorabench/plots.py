@@ -151,15 +151,13 @@ def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path
 
 
 def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
-    from .stats import mean_ci
-
     cells = sorted(((k[2], c) for k, c in report.best.items() if k[:2] == (model, task)), key=lambda vc: vc[1].mean)
     if len(cells) < 2:
         return None
     fig, ax = _figure(height=max(2.4, 0.42 * len(cells) + 1.2))
     for y, (variant, c) in enumerate(cells):
         style, verdict = _style(report, variant), report.verdicts.get((model, task, variant))
-        ci = mean_ci(c.values)
+        ci = verdict.ci if verdict is not None else None  # the report's interval, computed once
         xerr = None if ci is None else [[100 * (c.mean - ci[0])], [100 * (ci[1] - c.mean)]]
         hollow = verdict is not None and verdict.tied is False
         ax.errorbar(100 * c.mean, y, xerr=xerr, fmt=style["marker"], capsize=3, color=style["color"],
