@@ -19,14 +19,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ._version import __version__
+from .adapter_files import read_json, read_safetensors
 from .adapters import registry
 from .errors import AdapterFileError, VariantError
-from .inject import (  # noqa: F401  (adapter_tensors and RULE_INFIX: part of the file format)
+from .inject import (
     RULE_INFIX,
     adapted_layers,
     adapter_tensors,
@@ -121,12 +121,8 @@ def _check_architecture(model: nn.Module, config: dict, directory: Path) -> None
 def read_adapter_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterFileError(f"no {CONFIG_NAME} in {directory}; is this a folder written by lorabench.save_adapter?")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path} is not valid JSON ({e}); the file is corrupt, save the adapter again") from None
+    config = read_json(path, missing=f"no {CONFIG_NAME} in {directory}; is this a folder written by lorabench.save_adapter?",
+                       fix="the file is corrupt, save the adapter again")
     if not isinstance(config, dict) or config.get("format") != "lorabench-adapter":
         raise AdapterFileError(f"{path} is not a lorabench adapter config (missing 'format': 'lorabench-adapter')")
     problems = [f"'{k}' is missing" if k not in config else f"'{k}' must be a JSON {t.__name__}, got {config[k]!r}"
@@ -146,13 +142,8 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
 
 def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The saved tensors (safetensors only), or an AdapterFileError naming the fix."""
-    weights = Path(directory) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise AdapterFileError(f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
-    try:
-        return load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterFileError(f"{weights} is truncated or corrupt ({e}); save the adapter again") from None
+    return read_safetensors(Path(directory) / WEIGHTS_NAME, fix="save the adapter again",
+                            missing=f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

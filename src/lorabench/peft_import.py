@@ -14,16 +14,14 @@ a pickled ``adapter_model.bin``. Only JSON and safetensors are read (``safetenso
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
+from .adapter_files import read_json, read_safetensors
 from .adapters import registry
 from .errors import AdapterFileError, VariantError
 from .inject import adapted_layers, apply, state_of
@@ -51,12 +49,8 @@ def readers() -> dict[str, type]:
 def read_peft_config(directory: str | os.PathLike) -> dict[str, Any]:
     """``adapter_config.json`` as a dict, with the method it names (``method``: LORA, DORA, VERA ...)."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterFileError(f"no {CONFIG_NAME} in {directory}; is this a folder written by PEFT's save_pretrained?")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path} is not valid JSON ({e}); save the PEFT adapter again") from None
+    config = read_json(path, missing=f"no {CONFIG_NAME} in {directory}; is this a folder written by PEFT's save_pretrained?",
+                       fix="save the PEFT adapter again")
     if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
         raise AdapterFileError(f"{path} has no 'peft_type'; it is not a PEFT adapter config")
     dora = config["peft_type"] == "LORA" and config.get("use_dora")
@@ -87,16 +81,11 @@ def variant_for(config: dict[str, Any]) -> tuple[type, dict[str, Any]]:
 
 def read_peft_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     weights = Path(directory) / WEIGHTS_NAME
-    if not weights.is_file():
-        pickled = Path(directory) / "adapter_model.bin"
-        if pickled.is_file():
-            raise AdapterFileError(f"{pickled} is a pickle, which lorabench never loads; convert it to safetensors "
-                                   "(load it in PEFT once and save_pretrained(dir, safe_serialization=True))")
-        raise AdapterFileError(f"no {WEIGHTS_NAME} in {directory}; the PEFT folder is incomplete")
-    try:
-        return load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterFileError(f"{weights} is truncated or corrupt ({e})") from None
+    pickled = Path(directory) / "adapter_model.bin"
+    if not weights.is_file() and pickled.is_file():
+        raise AdapterFileError(f"{pickled} is a pickle, which lorabench never loads; convert it to safetensors "
+                               "(load it in PEFT once and save_pretrained(dir, safe_serialization=True))")
+    return read_safetensors(weights, missing=f"no {WEIGHTS_NAME} in {directory}; the PEFT folder is incomplete")
 
 
 def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

@@ -16,13 +16,13 @@ equal ranks (every method works on the factors or on dW = B A).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..adapter_files import read_json
 from ..adapters import registry
 from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError, VariantError
@@ -64,13 +64,11 @@ def mergeable_variants() -> list[str]:
 def result_beside(directory: Path) -> dict:
     """The result JSON of the run that saved ``directory``."""
     path = directory.parent / f"{directory.name.removesuffix('-adapter')}.json"
-    if not directory.name.endswith("-adapter") or not path.is_file():
-        raise AdapterFileError(f"no result JSON {path.name} beside {directory}; lorabench merge reads each adapter's task "
-                               "from the run-<id>.json that `lorabench train --save-adapter` writes beside run-<id>-adapter/")
-    try:
-        result = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path} is not valid JSON ({e}); train the adapter again") from None
+    missing = (f"no result JSON {path.name} beside {directory}; lorabench merge reads each adapter's task from the "
+               "run-<id>.json that `lorabench train --save-adapter` writes beside run-<id>-adapter/")
+    if not directory.name.endswith("-adapter"):
+        raise AdapterFileError(missing)
+    result = read_json(path, missing=missing, fix="train the adapter again")
     if not isinstance(result, dict) or not isinstance(result.get("task"), str):
         raise AdapterFileError(f"{path} names no task (a 'task' string); is it a lorabench result JSON?")
     return result
@@ -91,7 +89,7 @@ def read_source(directory: str | Path) -> Source:
     for layer in config["targets"]:
         prefix = f"{layer}.adapter."
         state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-        owned.update(k for k in tensors if k.startswith(prefix) or k.startswith(f"{layer}{RULE_INFIX}"))
+        owned.update(k for k in tensors if k.startswith((prefix, f"{layer}{RULE_INFIX}")))
         if "lora_A" not in state or "lora_B" not in state:
             raise AdapterFileError(f"{directory} has no lora_A / lora_B for layer {layer!r}; the file is corrupt, "
                                    "save the adapter again")
