@@ -35,6 +35,7 @@ from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
 from .trackers import NULL, RunTracker
 from .data.batching import VAL_SPLIT
+from .step_batches import split_batch, step_groups
 from .measure import (
     Stopwatch,
     Throughput,
@@ -111,8 +112,13 @@ def make_schedule(optimizer, cfg: RunConfig, state: TrainState, batches_per_epoc
 
 
 def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progress: bool = True,
-        state: TrainState | None = None, tracker: RunTracker = NULL) -> dict[str, Any]:
+        state: TrainState | None = None, tracker: RunTracker = NULL,
+        before_step: Callable[[Any, int, int], None] | None = None) -> dict[str, Any]:
     """Train ``model`` (already adapted by ``lorabench.apply``) and evaluate it on ``dev_loaders``.
+
+    ``before_step(model, step, total_steps)``, if given, runs at every optimizer step where
+    ``inject.before_step`` does (clipped gradients in place, before ``optimizer.step()``; ``step``:
+    the steps done so far): a scenario's own per-step work, e.g. LoRAPrune's importance and masks.
 
     Returns ``state.summary()``: history, best and final metrics, loss curve, timings,
     memory and step counts. Pass your own ``state`` to keep what was recorded if it raises.
@@ -214,6 +220,8 @@ def fit(model, train_loader, dev_loaders: dict, task, cfg: RunConfig, *, progres
                 # The optimisation rule adjusts the clipped gradients (LoRA-Pro, AltLoRA ...), as
                 # the official optimizers do inside step(); AdaLoRA reads them, as PEFT does.
                 inject.before_step(core)
+                if before_step is not None:
+                    before_step(core, state.step, state.total_steps)
                 scaler.step(optimizer)  # skips the step on inf/NaN gradients under fp16
                 scaler.update()
                 scheduler.step()
@@ -374,24 +382,3 @@ def evaluate(model, loaders: dict, task, accelerator: Accelerator,
         results[split] = {k: float(v) for k, v in compute(task, p, y).items()}
     model.train()
     return results
-
-
-def step_groups(loader, size: int):
-    """Consecutive lists of ``size`` batches (the last may be shorter): one optimizer step each."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
-def split_batch(batch: dict, micro: int) -> list[dict]:
-    """Cut a batch into micro-batches of at most ``micro`` examples."""
-    if batch_size(batch) <= micro:
-        return [batch]
-    keys = [k for k, v in batch.items() if torch.is_tensor(v)]
-    chunks = zip(*(batch[k].split(micro) for k in keys))
-    return [{**batch, **dict(zip(keys, c))} for c in chunks]
