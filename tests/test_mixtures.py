@@ -22,6 +22,7 @@ from lorabench.errors import ConfigError, DataError
 from lorabench.mixtures.build import build
 from lorabench.mixtures.config import MixtureConfig
 from lorabench.mixtures.experts import ExpertOptions, MixtureLoRA, RoutingState
+from lorabench.mixtures.frozen import read_experts
 from lorabench.mixtures.interleave import Interleaved
 from lorabench.mixtures.loop import fit
 from lorabench.mixtures.lora_mixer import LoRAMixerRouter, rsl
@@ -227,7 +228,7 @@ def test_frozen_experts_stay_unchanged_and_only_the_router_and_heads_train(tmp_p
                         train_limit=32, eval_limit=32, max_length=32, batch_size=16, lr=1e-2,
                         data_dir=str(GLUE)).check()
     assert cfg.experts == 2
-    built = build(cfg, progress=False)
+    built = build(cfg, read_experts(dirs), progress=False)
     layer = dict(built.model.named_modules())["bert.encoder.layer.1.attention.self.value"]
     before = {n: t.detach().clone() for n, t in built.model.named_parameters()}
     fit(built.model, built.train, built.dev, cfg, progress=False)

@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..mixtures import registry as routers
 from ..mixtures.build import build
 from ..mixtures.config import from_mapping, read_yaml
+from ..mixtures.frozen import read_experts
 from ..mixtures.loop import fit
 from ..mixtures.report import compare_table, task_usage_table
 from ..tables import to_markdown
@@ -111,7 +112,8 @@ def read_records(paths: list[str]) -> list[dict]:
 def run_record(cfg, progress: bool) -> dict:
     """Build, train and evaluate one run; the result record (see the module docstring)."""
     config = dataclasses.asdict(cfg)
-    built = build(cfg, progress=progress)
+    experts = read_experts(cfg.experts_from) if cfg.experts_from else None  # adapters checked before the model loads
+    built = build(cfg, experts, progress=progress)
     summary = fit(built.model, built.train, built.dev, cfg, progress=progress)
     params = {id(p): p for p in built.model.parameters()}
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,

@@ -4,15 +4,17 @@ or routed LoRA experts, fresh or frozen pre-trained), and the interleaved task b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from .. import inject, models
 from ..data import build_loaders, get_task
+from ..errors import AdapterFileError
 from . import registry
 from .config import MixtureConfig
 from .experts import ExpertOptions, apply_experts, attention_targets
-from .frozen import load_experts, read_experts
 from .interleave import Interleaved
 from .multitask import MultiTaskModel
 
@@ -26,7 +28,8 @@ class Built:
     targets: list[str]  # adapted layers (full names)
 
 
-def build_model(cfg: MixtureConfig) -> tuple[MultiTaskModel, object, list[str]]:
+def build_model(cfg: MixtureConfig, experts: tuple | None = None) -> tuple[MultiTaskModel, object, list[str]]:
+    """``experts``: ``frozen.read_experts(cfg.experts_from)`` when the run has frozen experts."""
     clf, tokenizer = models.load_model(cfg.model, get_task(cfg.tasks[0]), layers=cfg.layers, pooling="mean")
     backbone = getattr(clf, clf.prefix)
     torch.manual_seed(cfg.seed)  # heads, experts and routers start the same for a seed
@@ -41,19 +44,41 @@ def build_model(cfg: MixtureConfig) -> tuple[MultiTaskModel, object, list[str]]:
     if not cfg.experts_from:
         opts = ExpertOptions(cfg.experts, cfg.r, cfg.alpha)
         return model, tokenizer, apply_experts(model, backbone, targets, opts, router_cls, router_opts)
-    full, rank, experts = read_experts(cfg.experts_from)
+    if experts is None:
+        raise ValueError("experts_from is set: pass experts=frozen.read_experts(cfg.experts_from)")
+    full, rank, factors = experts
     inner = [n.removeprefix(f"{clf.prefix}.") for n in full]
-    opts = ExpertOptions(len(experts), rank, float(rank))  # scale 1: each adapter's own is folded into B
+    opts = ExpertOptions(len(factors), rank, float(rank))  # scale 1: each adapter's own is folded into B
     names = apply_experts(model, backbone, inner, opts, router_cls, router_opts)
-    load_experts(model, cfg.experts_from, names, experts)
+    load_experts(model, cfg.experts_from, names, factors)
     return model, tokenizer, names
 
 
-def build(cfg: MixtureConfig, progress: bool = True) -> Built:
-    model, tokenizer, names = build_model(cfg)
+def build(cfg: MixtureConfig, experts: tuple | None = None, progress: bool = True) -> Built:
+    model, tokenizer, names = build_model(cfg, experts)
     train, dev = {}, {}
     for task in cfg.tasks:
         train[task], dev[task] = build_loaders(task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
                                                batch_size=cfg.batch_size, train_limit=cfg.train_limit,
                                                eval_limit=cfg.eval_limit, seed=cfg.seed, progress=progress)
     return Built(model, tokenizer, Interleaved(train, cfg.sampling, cfg.temperature, cfg.seed), dev, names)
+
+
+@torch.no_grad()
+def load_experts(model: nn.Module, directories: list[str], names: list[str],
+                 experts: list[dict]) -> None:
+    """Copy the adapters' factors into the (already wrapped) ``names`` of ``model`` and freeze them."""
+    modules = dict(model.named_modules())
+    fp = inject.fingerprint(model, names)  # AdaptedLinear.weight is the base weight: the fingerprint before wrapping
+    for d, ex in zip(directories, experts):
+        if ex["__fingerprint__"] != fp:
+            raise AdapterFileError(f"the adapter in {Path(d)} was trained on other base weights; load its base "
+                                   "model with the same --layers")
+    for name in names:
+        adapter = modules[name].adapter
+        for e, ex in enumerate(experts):
+            A, B = ex[name]
+            adapter.lora_A[e].copy_(A)
+            adapter.lora_B[e].copy_(B / adapter.scale)  # delta multiplies by the mixture's own scale
+        adapter.lora_A.requires_grad_(False)
+        adapter.lora_B.requires_grad_(False)

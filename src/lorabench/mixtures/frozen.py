@@ -5,20 +5,18 @@ LoRA modules").
 
 Expert e of layer l is adapter e's (A, s B) on layer l, its scale s = alpha / r (alpha / sqrt(r)
 for rsLoRA) folded into B. The adapters must be plain LoRA on the same base weights (fingerprint)
-and layers, with one rank.
+and layers, with one rank. They are read here, before any model loads; ``build.load_experts``
+copies them into the wrapped layers.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..checkpoint import read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError
-from ..inject import fingerprint
 
 
 def read_experts(directories: list[str]) -> tuple[list[str], int, list[dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
@@ -41,23 +39,3 @@ def read_experts(directories: list[str]) -> tuple[list[str], int, list[dict[str,
                         for name in targets})
         experts[-1]["__fingerprint__"] = config["fingerprint"]  # type: ignore[assignment]
     return targets, rank, experts
-
-
-@torch.no_grad()
-def load_experts(model: nn.Module, directories: list[str], names: list[str],
-                 experts: list[dict]) -> None:
-    """Copy the adapters' factors into the (already wrapped) ``names`` of ``model`` and freeze them."""
-    modules = dict(model.named_modules())
-    fp = fingerprint(model, names)  # AdaptedLinear.weight is the base weight: the fingerprint before wrapping
-    for d, ex in zip(directories, experts):
-        if ex["__fingerprint__"] != fp:
-            raise AdapterFileError(f"the adapter in {Path(d)} was trained on other base weights; load its base "
-                                   "model with the same --layers")
-    for name in names:
-        adapter = modules[name].adapter
-        for e, ex in enumerate(experts):
-            A, B = ex[name]
-            adapter.lora_A[e].copy_(A)
-            adapter.lora_B[e].copy_(B / adapter.scale)  # delta multiplies by the mixture's own scale
-        adapter.lora_A.requires_grad_(False)
-        adapter.lora_B.requires_grad_(False)
