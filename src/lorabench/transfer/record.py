@@ -1,0 +1,48 @@
+"""The ``lorabench-transfer`` result: one JSON per transfer run, and its table (computed from the JSON).
+
+transfer.json: schema "lorabench-transfer", schema_version 1, method, task, primary_metric,
+source {model, layers, ...}, target {model, layers, ...}, options (the method's Options), counts
+(trans_lora: seeds, sampled, generated, kept; organ: organ_parameters, lora_rank, lora_parameters),
+arms {name: {dev {split: {metric: value}}, train {steps, train_s, first_loss, last_loss} | null,
+trainable, ...}}, arm_notes {name: what it is}, lorabench_version, created_at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import results
+from .._version import __version__
+from ..tables import Table, to_markdown
+
+SCHEMA, SCHEMA_VERSION = "lorabench-transfer", 1
+
+
+def finish(record: dict) -> dict:
+    """``record`` (a method's run) with the schema, version and time stamped in front."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **record, "lorabench_version": __version__,
+            "created_at": results.now()}
+
+
+def table(record: dict) -> Table:
+    """Arm x (dev primary metric, trainable parameters, train seconds) on the first dev split."""
+    metric = record["primary_metric"]
+    rows = []
+    for name, arm in record["arms"].items():
+        split = next(iter(arm["dev"]))
+        value = arm["dev"][split][metric]
+        train = arm.get("train") or {}
+        rows.append([name, f"{split} {metric}", f"{100 * value:.2f}", f"{arm.get('trainable', 0):,}",
+                     "" if not train else f"{train['train_s']:.0f}"])
+    counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
+    src, tgt = record["source"], record["target"]
+    title = (f"Transfer ({record['method']}, {record['task']}): {src['model']} (layers {src.get('layers')}) -> "
+             f"{tgt['model']} (layers {tgt.get('layers')})")
+    return Table(title, ["arm", "metric", "dev (x100)", "trainable", "train s"], rows, note=counts)
+
+
+def write(record: dict, out: Path) -> tuple[Path, str]:
+    """out/transfer.json (atomically) and out/transfer.md; returns (json path, markdown)."""
+    md = to_markdown(table(record))
+    (out / "transfer.md").write_text(md + "\n")
+    return results.write_json_atomic(out / "transfer.json", record), md
