@@ -57,6 +57,12 @@ def test_lora_mixer_gates_keep_exactly_k_experts_and_sum_to_one():
     top = p.topk(2, -1)
     # the kept gates are the two largest probabilities, renormalised
     torch.testing.assert_close(g.gather(-1, top.indices), top.values / top.values.sum(-1, keepdim=True))
+    # backward is the softmax's (straight-through): even the experts left out pass a gradient to W_r
+    (g * torch.arange(5.0)).sum().backward()
+    assert router.W_r.weight.grad.abs().sum() > 0
+    k1 = LoRAMixerRouter(16, 5, LoRAMixerRouter.make_options(5, k=1))
+    (k1.route(x, None) * torch.arange(5.0)).sum().backward()
+    assert k1.W_r.weight.grad.abs().sum() > 0  # gates of exactly 1 still train the router
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -123,6 +129,50 @@ def test_one_expert_with_k1_equals_a_plain_lora_layer():
     x = torch.randn(2, 5, 16)
     state.begin(None, None)
     torch.testing.assert_close(AdaptedLinear(base, mix)(x), AdaptedLinear(base, plain)(x))
+
+
+def tiny_routed(router_cls, **router_opts):
+    """A 2-block random BERT (no download) with one sst2 head, q,k,v,o routed over 4 experts."""
+    from transformers import BertConfig, BertModel
+
+    from lorabench.data import get_task
+    from lorabench.mixtures.experts import apply_experts
+    from lorabench.mixtures.multitask import MultiTaskModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = MultiTaskModel("bert", BertModel(config, add_pooling_layer=False), {"sst2": get_task("sst2")})
+    base = {"input_ids": torch.randint(0, 50, (3, 6)), "attention_mask": torch.ones(3, 6, dtype=torch.long),
+            "labels": torch.tensor([0, 1, 1])}
+    before = model("sst2", **base).logits.detach()
+    names = apply_experts(model, model.bert, None, ExpertOptions(4, 2, 4.0), router_cls,
+                          router_cls.make_options(4, **router_opts))
+    return model, base, before, names
+
+
+def test_routed_model_equals_the_base_at_init_and_has_one_router_per_block():
+    model, batch, before, names = tiny_routed(LoRAMixerRouter, k=2)
+    assert len(names) == 8 and sorted(model.routers) == ["bert-encoder-layer-0", "bert-encoder-layer-1"]
+    torch.testing.assert_close(model("sst2", **batch).logits, before)  # every B_e = 0
+
+
+def test_remix_objective_is_the_mean_task_loss_and_trains_the_router():
+    model, batch, _, _ = tiny_routed(ReMixRouter, k=2, samples=3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.5)  # experts that differ, so selections change the loss
+    model.train()
+    opts = ReMixRouter.make_options(4, k=2, samples=3)
+    torch.manual_seed(5)
+    loss = ReMixRouter.objective(model, "sst2", batch, opts)
+    torch.manual_seed(5)  # the same draws
+    rows = {k: v.repeat(3, *[1] * (v.dim() - 1)) for k, v in batch.items()}
+    torch.testing.assert_close(loss.detach(), model("sst2", **rows).loss.detach())
+    loss.backward()
+    router = model.routers["bert-encoder-layer-0"].W_r.weight
+    assert router.grad is not None and router.grad.abs().sum() > 0  # only the RLOO term reaches W_r
 
 
 # ---- interleaving and usage -----------------------------------------------------------------

@@ -3,7 +3,8 @@
 Not ``train.fit``: that loop reads one task (one head, ``model(**batch)``) from a ``RunConfig``,
 while here every batch names its task and a router may need its own objective (ReMix runs M
 sampled selections of each batch, ``Router.objective``). AdamW, linear warmup then decay
-(``train.linear_warmup_decay``), gradient clipping; dev metrics per task (``metrics.compute``)
+(``train.linear_warmup_decay``), gradient clipping (the routers' norm apart from the rest, so ReMix's
+policy gradient, summed over every token and block, cannot shrink the experts' step); dev metrics per task (``metrics.compute``)
 after every epoch, with the expert usage recorded during the final evaluation.
 """
 
@@ -62,6 +63,9 @@ def fit(model, batches, dev: dict[str, dict], cfg: MixtureConfig, progress: bool
     loader}}) after every epoch; returns {history, final, usage, train_s, steps}."""
     set_seed(cfg.seed)
     optimizer = torch.optim.AdamW(trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    routed = {id(p) for p in model.routers.parameters()}
+    clip_groups = [g for g in ([p for p in trainable(model) if id(p) in routed],
+                               [p for p in trainable(model) if id(p) not in routed]) if g]
     total = cfg.epochs * len(batches)
     warmup = int(cfg.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total))
@@ -75,8 +79,9 @@ def fit(model, batches, dev: dict[str, dict], cfg: MixtureConfig, progress: bool
             loss = objective(model, task, batch, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable(model), cfg.max_grad_norm)
+            if cfg.max_grad_norm > 0:  # routers apart: ReMix's policy gradient sums over every token and block,
+                for group in clip_groups:  # and must not shrink the experts' step under one shared clip
+                    torch.nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -9,7 +9,9 @@ the text left a detail open the choice is ours and said so.
 Per block, with p_t = softmax(W_r x_t) over the E experts of token t:
 
     S_t = top-k(p_t)                         hard: which experts act on the token
-    g_t,e = p_t,e / sum_{j in S_t} p_t,j     for e in S_t, else 0   (soft: gradients reach W_r)
+    g_t,e = p_t,e / sum_{j in S_t} p_t,j     for e in S_t, else 0   (the forward value)
+    dL/dp_t = dL/dg_t                        soft: the backward pass sees the whole softmax
+                                             (straight-through), so W_r learns even at k = 1
     h = W x + sum_e g_t,e * s * B_e A_e x    on q, k, v and o of the block (serial routing: the
                                              gates made at the attention input route the whole
                                              attention, through to its output projection)
@@ -68,10 +70,10 @@ class LoRAMixerRouter(Router):
 
     def route(self, x, mask):
         p = torch.softmax(self.W_r(x).float(), dim=-1)  # (..., E)
-        kept = p * top_k_mask(p.detach(), self.opts.k)  # (..., E) hard selection, soft values
-        g = kept / kept.sum(-1, keepdim=True)
+        kept = p.detach() * top_k_mask(p.detach(), self.opts.k)  # (..., E) hard selection
+        hard = kept / kept.sum(-1, keepdim=True)
         self.last = (p, mask)
-        return g
+        return hard + (p - p.detach())  # value: the hard-soft gates exactly; gradient: p's
 
     def aux_loss(self):
         if not self.training or self.opts.rsl_weight == 0 or getattr(self, "last", None) is None:

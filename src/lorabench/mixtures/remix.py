@@ -89,4 +89,4 @@ class ReMixRouter(Router):
         log_prob = torch.stack([r.last_log_prob for r in model.routers.values()]).sum(0).reshape(m, -1)  # (M, B)
         advantage = rloo_advantages(-losses.detach())  # (M, B)
         policy = -(advantage * log_prob).mean()  # its gradient is minus the RLOO estimate
-        return losses.mean() + policy
+        return losses.mean() + (policy - policy.detach())  # value: the task loss; gradient: both
