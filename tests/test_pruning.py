@@ -269,6 +269,8 @@ def test_the_command_prunes_minilm_and_writes_valid_results(tmp_path, capsys):
     assert lp["params"]["inference"] == lp["sparsity"]["params_after"] < lp["params"]["full"]
     assert lp["sparsity"]["block_achieved"] == pytest.approx(0.25, abs=1e-3)  # half of one layer of two
     assert lp["dev"] == lp["extra"]["masked_dev"]  # the removed model scores as the masked one did
+    # train.fit's before_step ran at each of the 4 steps; the schedule reaches 0.5 on the last one only
+    assert lp["extra"]["importance_updates"] == 4 and lp["extra"]["rounds"] == [{"step": 3, "sparsity": 0.5}]
     assert lm["params"]["train_base"] == lp["params"]["inference"] and lm["params"]["inference"] == lm["params"]["full"]
     assert lm["memory"]["train_weights_bytes"] < lm["memory"]["inference_weights_bytes"]
     assert base["target_sparsity"] == 0 and base["sparsity"]["achieved"] == 0

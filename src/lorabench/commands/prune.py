@@ -27,7 +27,6 @@ from ..pruning import job as jobs
 from ..pruning import lora, loram, loraprune  # noqa: F401  (register the methods)
 from ..pruning import registry as methods
 from ..pruning.record import file_name, make_record, prune_table, read_records
-from ..pruning.sizes import block_params
 from ..tables import to_markdown
 from .args import add_config_flags, config_from_args, parse_opts
 
@@ -74,12 +73,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     job = jobs.prepare_job(cfg, [s for _, s in runs], keep_first=args.keep_first, keep_last=args.keep_last)
     for name, sparsity in runs:
         opts = options[name]
-        full_model = job.fresh_model()
-        found = job.pruned_blocks(full_model)[0]
-        block_before = block_params(full_model, found)
-        del full_model
         outcome = methods.get(name)().run(job, opts, sparsity)
-        record = make_record(name, dict(vars(opts)), sparsity, job, found, outcome, block_before)
+        record = make_record(name, dict(vars(opts)), sparsity, job, outcome)
         path = results.write_json_atomic(out / file_name(name, sparsity), record)
         m = record["metric"]
         print(f"{name} sparsity {sparsity:g}: {m['split']} {m['name']} {m['value']:.4f}, params "

@@ -22,6 +22,7 @@ from .. import inject, models, train
 from ..config import RunConfig
 from ..data import build_loaders, get_task
 from ..errors import ConfigError
+from .sizes import block_params
 from .structure import (
     TARGETS,
     Block,
@@ -38,6 +39,8 @@ class Job:
     task: Any  # TaskSpec
     train_loader: Any
     dev_loaders: dict
+    blocks: list[Block]  # every encoder layer of the full model
+    block_params: int  # parameters of their prunable linear layers (full model)
     keep_first: int | None = None  # blocks kept whole at the start (None: int(0.1 L), official LoRAPrune)
     keep_last: int = 1  # ... and at the end (official LoRAPrune: the last layer)
 
@@ -116,4 +119,4 @@ def prepare_job(cfg: RunConfig, sparsities: list[float], *, keep_first: int | No
         eval_batch_size=cfg.eval_batch_size, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
         data_revision=cfg.data_revision, val_size=cfg.val_size, seed=cfg.seed, group_by_length=cfg.group_by_length,
         progress=not cfg.quiet)
-    return Job(cfg, task, train_loader, dev_loaders, keep_first, keep_last)
+    return Job(cfg, task, train_loader, dev_loaders, found, block_params(model, found), keep_first, keep_last)

@@ -1,8 +1,8 @@
 """LoRAM: train LoRA on a structurally pruned base, infer with the recovered adapter on the full one.
 
-Zhang, Zeng, Xu, Lin, Zhou & Zhang (ICLR 2025), "Train Small, Infer Large: Memory-Efficient LoRA
+Zhang et al. (ICLR 2025), "Train Small, Infer Large: Memory-Efficient LoRA
 Training for Large Language Models", arXiv 2502.13533; official code junzhang-zj/LoRAM, read:
-loram/0_pruned_full_rank_weight_generation.py (which layers are pruned: 4..78 of 80),
+loram/0_pruned_full_rank_weight_generation.py (layers pruned: range(4, 78) of LLaMA-3.1-70B's 80),
 loram/3_recovered_low_rank_matrix_generation.py (the recovery, ``pruning.recover``).
 
     1. prune a copy of the base: in each pruned layer the int(n s) heads and FFN channels of lowest
@@ -17,7 +17,7 @@ Deviations: no continued pre-training "alignment" of the pruned base (the paper'
 1_pruned_full_rank_weight_alignment.py) is done here; the structured criterion is weight
 magnitude or random instead of LLM-Pruner's gradient-based LoRAM-Stru (no calibration pass). The
 layers pruned are the LoRAPrune ones (all but the first int(0.1 L) and the last), close to LoRAM's
-4..78 of 80, so both methods prune the same layers. The classification head trained on the pruned
+range(4, 78) of 80, so both methods prune the same layers. The classification head trained on the pruned
 model is used unchanged on the full one (the paper's LLMs have no new head).
 """
 

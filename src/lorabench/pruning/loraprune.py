@@ -1,7 +1,7 @@
 """LoRAPrune: structured pruning guided by the LoRA factors' gradients while LoRA trains.
 
-Zhang, Zhao, Lin, Chen, Shen, Wang, Ji & Zhuang 2023, "LoRAPrune: Structured Pruning Meets
-Low-Rank Parameter-Efficient Fine-Tuning", arXiv 2305.18403; official code aim-uofa/LoRAPrune,
+Zhang et al. 2023, "LoRAPrune: Structured Pruning Meets Low-Rank Parameter-Efficient
+Fine-Tuning", arXiv 2305.18403; official code aim-uofa/LoRAPrune,
 loraprune/utils.py (``compute_sensitivity``, ``update_sensitivity_dict``, ``local_prune``,
 ``schedule_sparsity_ratio``, ``freeze``) and loraprune/trainer.py (where they run), read for
 the defaults below.

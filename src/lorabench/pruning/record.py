@@ -9,6 +9,12 @@ value}}), time {train_s, eval_s_pruned, eval_s_full}, memory {device, peak_rss_b
 peak_allocated_bytes, train_weights_bytes, inference_weights_bytes}, train (history, steps,
 train_loss), extra (method-specific), config (the resolved RunConfig), model, task,
 lorabench_version, created_at.
+
+Memory: ``train_weights_bytes`` / ``inference_weights_bytes`` are the parameter bytes of the model
+trained (its base and the adapter) and of the model evaluated: LoRAM's claim (train on the small
+base, infer on the full one) in numbers. ``peak_allocated_bytes`` (CUDA) is reset at every fit;
+``peak_rss_bytes`` is the process's peak, so on CPU a run inherits the peak of the runs before it in
+the same ``lorabench prune`` call (one call per run to compare CPU peaks).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from ..results import now
 from ..tables import Table
 from .registry import Outcome
 from .remove import removed_parameters
-from .structure import Block
 
 SCHEMA, SCHEMA_VERSION = "lorabench-prune", 1
 
@@ -31,9 +36,9 @@ def file_name(method: str, sparsity: float) -> str:
     return f"prune-{method}-s{sparsity:g}.json"
 
 
-def make_record(method: str, options: dict, sparsity: float, job: Any, found: list[Block], outcome: Outcome,
-                block_before: int) -> dict:
-    cfg, task = job.cfg, job.task
+def make_record(method: str, options: dict, sparsity: float, job: Any, outcome: Outcome) -> dict:
+    """The result JSON of one run (``job``: the ``pruning.job.Job`` it ran in)."""
+    cfg, task, found, block_before = job.cfg, job.task, job.blocks, job.block_params
     split = task.dev_splits[0]
     heads = sum(len(p["heads"]) for p in outcome.plan.values())
     groups, removed = {}, 0

@@ -91,7 +91,7 @@ def check_supported(model: nn.Module, name: str) -> list[Block]:
 def prunable(found: list[Block], keep_first: int | None = None, keep_last: int = 1) -> list[Block]:
     """The blocks that are pruned: all but the first ``keep_first`` (default int(0.1 L)) and the last
     ``keep_last``, as the official LoRAPrune ``freeze()`` (loraprune/utils.py: layer < int(0.1 L) or
-    the last layer keep every group; LoRAM's scripts prune layers 4..78 of 80, about the same)."""
+    the last layer keep every group; LoRAM's scripts prune range(4, 78) of 80 layers, about the same)."""
     n = len(found)
     first = int(0.1 * n) if keep_first is None else keep_first
     return [b for b in found if first <= b.index < n - keep_last]
