@@ -210,6 +210,7 @@ def test_federate_end_to_end_writes_a_valid_json(method, tmp_path):
                               "fraction": 1.0}
     assert sum(r["split"]["sizes"]) == 32 and [sum(h) for h in r["split"]["label_histograms"]] == r["split"]["sizes"]
     assert len(r["rounds"]) == 2 and all(x["clients"] == [0, 1] for x in r["rounds"])
+    assert all(x["sizes"] == r["split"]["sizes"] and sum(x["weights"]) == pytest.approx(1) for x in r["rounds"])
     acc = r["rounds"][-1]["metrics"]["validation"]["accuracy"]
     assert 0 <= acc <= 1 and (out / "federated.md").read_text().count("|") > 10
     # bytes: MiniLM layers 0-1, query and value (384 x 384), r = 8, fp32; the mean-pool head 384 x 2 + 2

@@ -15,9 +15,9 @@ train / eval limits, seed ...); ``--config`` takes a YAML of them with a ``feder
 
 OUT/federated.json: schema "lorabench-federated", schema_version 1, method, options (the
 method's), federated {method, clients, beta ("inf" for IID), rounds, local_epochs, fraction},
-config (the resolved run config; its epochs is unused, local_epochs counts), task, model,
+config (the resolved run config; epochs = local_epochs, variant = the method's), task, model,
 primary_metric, heads (how heads are aggregated), split {sizes, label_histograms}, rank, scale,
-head_tensors, initial {metrics}, rounds [{round, clients, weights, metrics {split: {metric}},
+head_tensors, initial {metrics}, rounds [{round, clients, sizes, weights, metrics {split: {metric}},
 bytes_up, bytes_down, aggregation_error, train_loss, time_s}], final {metrics}, bytes {up, down},
 time_s, lorabench_version, created_at. OUT/federated.md: the round and summary tables.
 """
@@ -115,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunConfig, FedSettings
             raise ConfigError(f"{key} is not a federated run setting ({'--local-epochs' if key == 'epochs' else 'set by the method'}); "
                               "remove it from the config")
     data["variant"] = methods.get(settings.method).variant
+    data["epochs"] = float(settings.local_epochs)  # each client's fit: E local epochs per round
     cfg = RunConfig.from_dict(data)
     if cfg.train_limit is not None and settings.clients > cfg.train_limit:
         raise ConfigError(f"--clients {settings.clients} is more than --train-limit {cfg.train_limit} examples: every "

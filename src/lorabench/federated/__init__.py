@@ -8,6 +8,12 @@ variants are: ``fedavg``, ``ffa_lora``, ``lora_fair``, ``fedsmooth``. ``split`` 
 set (Dirichlet label skew or IID), ``simulate`` runs the rounds on one model loaded once, and
 ``table`` builds the round x method table from result JSONs. ``lorabench federate``
 (``commands/federate.py``) is the command line.
+
+Clients run one after another in one process (one model, tensors copied in and out), which
+suits one machine. Across machines, a federated framework such as Flower (its simulation
+engine or a deployment) would host the clients; an aggregation here is a pure function of the
+uploaded factors and weights (``Aggregation.aggregate``) that a Flower strategy could call.
+lorabench does not depend on it.
 """
 
 from __future__ import annotations

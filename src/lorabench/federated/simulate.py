@@ -172,7 +172,7 @@ def run_round(fed: Federation, method: Aggregation, task, dev: dict) -> dict[str
     method.load_global(fed)
     fed.set_head(fed.global_head)
     metrics = evaluate_global(fed.model, dev, task)
-    return {"round": t + 1, "clients": picked, "weights": p, "metrics": metrics, "bytes_up": up,
+    return {"round": t + 1, "clients": picked, "sizes": sizes, "weights": p, "metrics": metrics, "bytes_up": up,
             "bytes_down": down * len(picked), "aggregation_error": error,
             "train_loss": float(np.mean(losses)) if losses else None, "time_s": time.perf_counter() - started}
 
