@@ -79,6 +79,16 @@ def test_organ_round_trips_through_its_file(tmp_path):
     torch.testing.assert_close(logits(recipient, batch), want, rtol=0, atol=0)
 
 
+def test_an_organ_at_the_end_runs():
+    """Llama runs layers[:num_hidden_layers]: the count must follow, or an organ at the end is skipped."""
+    batch = make_batch()
+    model = build_model("llama")
+    before = logits(model, batch)
+    organs.insert(model, organs.extract(model, 0, 1), 2)  # a copy of layer 0 after layer 1: a real change
+    assert model.config.num_hidden_layers == 3
+    assert (logits(model, batch) - before).abs().max() > 1e-3
+
+
 def identity_organ(model, start, end):
     organ = organs.extract(model, start, end)
     with torch.no_grad():  # h + attn(...) W_o^T + mlp(...) W_down^T with both zero: h

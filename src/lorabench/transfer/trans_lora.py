@@ -15,9 +15,10 @@ on the few seeds: what the target knows without transfer).
 
 Sources: the paper (method, 5 seed examples, discriminator-filtered synthetic data, distillation
 from the source LoRA). No official code was found in the index we could search (no IBM/TransLoRA
-repository), so defaults not in the abstract are ours and named here. Deviations, and why: the
-generator is one small offline LM (SmolLM2-135M-Instruct) for both discriminator and transfer data,
-where the paper has each base model generate (our source and target are encoders that cannot);
+repository), so defaults not in the paper's overview are ours and named here. Deviations, and why:
+in the paper the source model writes the synthetic data the discriminator trains on and the target
+model writes the transfer data it filters (Fig. 1); here one small offline LM (SmolLM2-135M-Instruct)
+writes both, once (our source and target are encoders that cannot generate);
 the discriminator is logistic regression on the source model's pooled features, not a LoRA
 (5 real examples train a linear probe as well as anything, and it costs nothing); the
 distillation matches class distributions with T = 2 (our choice; the paper's tasks are generative
