@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,25 +36,11 @@ from .inject import (
     is_linear,
     state_of,
 )
-from .results import file_mode
+from .results import atomic_write_bytes, file_mode  # noqa: F401  (atomic_write_bytes: re-exported)
 
 CONFIG_NAME = "lorabench_adapter.json"
 WEIGHTS_NAME = "lorabench_adapter.safetensors"
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, file_mode())  # as open() would make it, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:

@@ -179,6 +179,20 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())  # as open() would make it, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON through a temp file + fsync + rename: readers never see a partial file, and
     nothing is left behind when the write fails (``ResultWriteError`` names the folder)."""

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes
+from ..results import atomic_write_bytes
 from ..errors import ConfigError, ModelError
 from ..results import write_json_atomic
 
