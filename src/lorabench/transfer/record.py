@@ -36,8 +36,11 @@ def table(record: dict) -> Table:
                      "" if not train else f"{train['train_s']:.0f}"])
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
     src, tgt = record["source"], record["target"]
-    title = (f"Transfer ({record['method']}, {record['task']}): {src['model']} (layers {src.get('layers')}) -> "
-             f"{tgt['model']} (layers {tgt.get('layers')})")
+
+    def named(side: dict) -> str:  # "minilm (3 layers)", or just the name when not truncated
+        return side["model"] + (f" ({side['layers']} layers)" if side.get("layers") else "")
+
+    title = f"Transfer ({record['method']}, {record['task']}): {named(src)} -> {named(tgt)}"
     return Table(title, ["arm", "metric", "dev (x100)", "trainable", "train s"], rows, note=counts)
 
 
