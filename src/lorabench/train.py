@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
@@ -35,6 +33,7 @@ from .precision import autocast, enable_grad_checkpointing, resolve_precision
 from .config import RunConfig
 from .trackers import NULL, RunTracker
 from .data.batching import VAL_SPLIT
+from .seeding import linear_warmup_decay, set_seed  # noqa: F401  (re-exported: train.set_seed)
 from .step_batches import split_batch, step_groups
 from .measure import (
     Stopwatch,
@@ -73,23 +72,6 @@ class TrainState:
 
     def summary(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # seeds CUDA too
-
-
-def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 linearly over ``warmup_steps``, then linearly to 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 def make_optimizer(model, cfg: RunConfig) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:

@@ -3,7 +3,7 @@
 Not ``train.fit``: that loop reads one task (one head, ``model(**batch)``) from a ``RunConfig``,
 while here every batch names its task and a router may need its own objective (ReMix runs M
 sampled selections of each batch, ``Router.objective``). AdamW, linear warmup then decay
-(``train.linear_warmup_decay``), gradient clipping (the routers' norm apart from the rest, so ReMix's
+(``seeding.linear_warmup_decay``), gradient clipping (the routers' norm apart from the rest, so ReMix's
 policy gradient, summed over every token and block, cannot shrink the experts' step); dev metrics per task (``metrics.compute``)
 after every epoch, with the expert usage recorded during the final evaluation.
 """
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import compute
-from ..train import linear_warmup_decay, set_seed
+from ..seeding import linear_warmup_decay, set_seed
 from . import registry
 from .config import MixtureConfig
 from .usage import usage_report

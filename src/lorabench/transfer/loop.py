@@ -9,37 +9,19 @@ RunConfig, which an organ or a distillation run does not have; this loop is the 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..metrics import compute
+from ..seeding import linear_warmup_decay, set_seed  # noqa: F401  (set_seed: loop.set_seed in the methods)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-def set_seed(seed: int) -> None:
-    """Python, numpy and torch seeds (as ``lorabench.train.set_seed``; that module sits a floor above this one)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 over ``warmup_steps``, then linearly to 0 at ``total_steps`` (``lorabench train``'s)."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 def task_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
