@@ -196,6 +196,49 @@ def test_options_are_checked_before_anything_loads():
 TINY = ["--train-limit", "32", "--eval-limit", "32", "--max-length", "32", "--data-dir", str(GLUE), "--quiet"]
 
 
+class CharTokenizer:
+    """Characters as ids (0 = padding): just what ``synthetic.generate`` asks of a tokenizer."""
+
+    pad_token_id, padding_side = 0, "right"
+
+    def __call__(self, texts, return_tensors="pt", padding=True):
+        width = max(len(t) for t in texts)
+        ids = torch.zeros(len(texts), width, dtype=torch.long)
+        for i, t in enumerate(texts):  # left padding, as generate sets it
+            ids[i, width - len(t):] = torch.tensor([ord(c) for c in t])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return ["".join(chr(i) for i in row.tolist() if i) for row in ids]
+
+
+class CountingLM:
+    """A generator whose every continuation is a new line ``sentence k``."""
+
+    def __init__(self):
+        self.k = 0
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        lines = []
+        for _ in range(len(input_ids)):
+            lines.append([ord(c) for c in f" sentence {self.k}\n"])
+            self.k += 1
+        width = max(map(len, lines))
+        new = torch.tensor([row + [0] * (width - len(row)) for row in lines])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_generation_collects_more_inputs_than_a_fixed_number_of_rounds_holds():
+    from lorabench.data import Example, get_task
+    from lorabench.transfer.synthetic import Generation, generate
+
+    seeds = [Example(f"a seed review {i}", None, i % 2) for i in range(5)]
+    out, sampled = generate(CountingLM(), CharTokenizer(), get_task("sst2"), seeds, 300,
+                            gen=Generation(batch_size=32), progress=False)
+    assert len(out) == 300 and sampled == 300  # 9 batches of 32 and one of 12: no longer capped at 8 x 32
+    assert len({e.text_a for e in out}) == 300 and out[0].text_a == "sentence 0" and out[0].label == -1
+
+
 @needs_glue
 def test_trans_lora_end_to_end(tmp_path):
     out = tmp_path / "tl"

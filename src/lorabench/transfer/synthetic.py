@@ -8,7 +8,8 @@ batches differ) and an open ``-``; the first line of each continuation is one sy
 Sampling is top-p (nucleus) with a fixed torch seed, so a CPU run is repeatable; generation stops
 once every row of a batch has ended its line (or after ``max_new_tokens``). Sentence-pair tasks
 put ``a || b`` on each line and split it back. Empty and duplicate lines, and copies of a seed, are
-dropped; generation continues until ``n`` inputs are collected or ``max_rounds`` batches ran.
+dropped; generation continues until ``n`` inputs are collected or ``max_rounds`` batches ran
+(by default twice the batches ``n`` needs, plus 4).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Generation:
     temperature: float = 1.0
     max_new_tokens: int = 24
     batch_size: int = 32
-    max_rounds: int = 8
+    max_rounds: int | None = None  # batches at most; None: twice the batches ``n`` needs, plus 4
 
 
 class LineEnded(StoppingCriteria):
@@ -83,7 +84,8 @@ def generate(generator, tokenizer, task, seeds: list[Example], n: int, *, gen: G
     sampled = 0
     try:
         with tqdm(total=n, desc="generate", disable=not progress, unit="input", dynamic_ncols=True) as bar:
-            for _ in range(gen.max_rounds):
+            rounds = gen.max_rounds if gen.max_rounds is not None else 2 * -(-n // gen.batch_size) + 4
+            for _ in range(rounds):
                 if len(out) >= n:
                     break
                 rows = min(gen.batch_size, n - len(out))  # a whole batch only while many are missing
