@@ -15,10 +15,10 @@ train`` runs: each writes its JSON into ``--out``, and a rerun reuses a finished
 config, same run id) instead of training again.
 
 Runs use bf16 autocast on a CPU with native bf16 and fp32 elsewhere (emulated bf16, on a CPU
-without AVX512-BF16 or AMX, is several times slower than fp32). With ``--precision bf16`` on a CPU with AVX512-BF16,
-SST-2 trains at ~3,450 tokens/s instead of fp32's ~2,250, ~4.3 min per epoch on 2 cores instead
-of ~6.6, with the same dev accuracy within noise: 0.881 vs 0.883). Full runs take hours on 2 CPU
-cores. The figures measured so far and what was tried are in the closing notes of the
+without AVX512-BF16 or AMX, is several times slower than fp32). With ``--precision bf16`` on a CPU
+with AVX512-BF16, SST-2 trains at ~3,450 tokens/s instead of fp32's ~2,250, ~4.3 min per epoch on
+2 cores instead of ~6.6, with the same dev accuracy within noise: 0.881 vs 0.883. Full runs take
+hours on 2 CPU cores. The figures measured so far and what was tried are in the closing notes of the
 GLUE-pipeline issue.
 
 The targets sit at or above what all-MiniLM-L6-v2 itself can reach: full fine-tuning of it

@@ -24,9 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..results import atomic_write_bytes
 from ..errors import ConfigError, ModelError
-from ..results import write_json_atomic
+from ..results import atomic_write_bytes, write_json_atomic
 
 ORGAN_SCHEMA = "lorabench-organ"
 WEIGHTS, META = "organ.safetensors", "organ.json"
