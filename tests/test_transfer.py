@@ -21,10 +21,16 @@ from conftest import build_model, make_batch
 
 from lorabench.commands import transfer as transfer_cmd
 from lorabench.commands.args import Parser
+from lorabench.data import Example, stratified_subset, subset
 from lorabench.errors import ConfigError, ModelError
 from lorabench.transfer import get
 from lorabench.transfer import organ as organs
-from lorabench.transfer.discriminator import cross_fit_scores, keep_count, keep_top
+from lorabench.transfer.discriminator import (
+    cross_fit_scores,
+    keep_count,
+    keep_top,
+    keep_top_per_class,
+)
 from lorabench.transfer.distill import distillation_loss
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -157,6 +163,42 @@ def test_filter_keeps_exactly_the_requested_fraction():
     assert keep_top(torch.zeros(4), 0.5) == [0, 1]  # ties: the first generated
 
 
+def test_per_class_filter_keeps_the_fraction_within_each_class():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    classes = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])  # the best scores are all class 1
+    assert keep_top(scores, 0.5) == [0, 1, 2, 3]  # one ranking drops class 0
+    assert keep_top_per_class(scores, classes, 0.5) == [0, 1, 2, 6]  # 3 of 6 ones, 1 of 2 zeros
+    kept = keep_top_per_class(scores, classes, 0.25)
+    assert kept == [0, 1, 6] and set(classes[kept].tolist()) == {0, 1}  # every class keeps at least one
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        s, c = torch.rand(50, generator=g), torch.randint(0, 3, (50,), generator=g)
+        kept = keep_top_per_class(s, c, 0.4)
+        for k in torch.unique(c).tolist():
+            rows = torch.nonzero(c == k).flatten().tolist()
+            mine = [i for i in kept if i in rows]
+            assert len(mine) == keep_count(len(rows), 0.4)
+            assert min(s[mine]) >= max((s[i] for i in rows if i not in mine), default=-1.0)
+    with pytest.raises(ValueError, match="one class per score"):
+        keep_top_per_class(scores, classes[:4], 0.5)
+
+
+def test_stratified_seeds_hold_every_class():
+    rows = [Example(f"t{i}", None, 1 if i < 90 else 0) for i in range(100)]  # 90% one class
+    for seed in range(10):
+        drawn = stratified_subset(rows, 5, seed)
+        assert len(drawn) == 5 and len({ex.text_a for ex in drawn}) == 5
+        assert sorted(ex.label for ex in drawn).count(0) in (2, 3)  # the classes take turns: 3 and 2
+        assert [ex.text_a for ex in drawn] == [ex.text_a for ex in rows if ex in drawn]  # file order
+    three = [Example(f"t{i}", None, i % 3) for i in range(30)]
+    assert sorted(ex.label for ex in stratified_subset(three, 6, 0)) == [0, 0, 1, 1, 2, 2]
+    few = [Example("a", None, 0)] + [Example(f"b{i}", None, 1) for i in range(9)]
+    assert sorted(ex.label for ex in stratified_subset(few, 4, 0)) == [0, 1, 1, 1]  # a class runs out: the rest fill
+    scores = [Example(f"s{i}", None, i / 10) for i in range(20)]  # regression: no classes, a plain draw
+    assert stratified_subset(scores, 5, 3) == subset(scores, 5, 3)
+    assert stratified_subset(rows, None, 0) == rows and stratified_subset(rows, 500, 0) == rows
+
+
 def test_cross_fitted_discriminator_ranks_real_looking_inputs_first():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(5, 8, generator=g) + 2.0
@@ -183,6 +225,8 @@ def test_options_are_checked_before_anything_loads():
     opts = get("trans_lora").Options
     with pytest.raises(ConfigError, match="--keep"):
         opts(keep=0.0)
+    with pytest.raises(ConfigError, match="--keep-per must be 'class' or 'all'"):
+        opts(keep_per="label")
     with pytest.raises(ConfigError, match="same model"):
         opts(source="minilm", target="minilm")
     with pytest.raises(ConfigError, match="--synthetic"):
@@ -248,14 +292,21 @@ def test_trans_lora_end_to_end(tmp_path):
                 "--head-epochs", "2", "--batch-size", "16", "--out", str(out), *TINY]) == 0
     record = json.loads((out / "transfer.json").read_text())
     assert record["schema"] == "lorabench-transfer" and record["method"] == "trans_lora"
-    assert record["counts"]["generated"] == 8 and record["counts"]["kept"] == 4 and record["counts"]["seeds"] == 3
+    counts = record["counts"]
+    assert counts["generated"] == 8 and counts["seeds"] == 3
+    assert sum(counts["teacher_classes_generated"]) == 8 and sum(counts["teacher_classes_kept"]) == counts["kept"]
+    assert counts["teacher_classes_kept"] == [keep_count(n, 0.5) if n else 0 for n in counts["teacher_classes_generated"]]
     assert set(record["arms"]) == {"source", "trans_lora", "unfiltered", "direct", "no_adapter"}
     for arm in record["arms"].values():
         assert 0.0 <= arm["dev"]["validation"]["accuracy"] <= 1.0
     synthetic = json.loads((out / "synthetic.json").read_text())["synthetic"]
-    assert len(synthetic) == 8 and sum(s["kept"] for s in synthetic) == 4
-    kept = sorted(s["p_real"] for s in synthetic if s["kept"])
-    assert kept[0] >= max(s["p_real"] for s in synthetic if not s["kept"])
+    assert len(synthetic) == 8 and sum(s["kept"] for s in synthetic) == counts["kept"]
+    for c in range(2):  # --keep-per class (the default): the top half by p(real) within each teacher class
+        mine = [s for s in synthetic if max(range(2), key=lambda k: s["teacher"][k]) == c]
+        kept = [s["p_real"] for s in mine if s["kept"]]
+        assert not mine or min(kept) >= max((s["p_real"] for s in mine if not s["kept"]), default=0.0)
+    seeds = json.loads((out / "synthetic.json").read_text())["seeds"]
+    assert {s["label"] for s in seeds} == {0, 1}  # stratified: both classes among 3 seeds
     assert (out / "target-adapter").is_dir() and "trans_lora" in (out / "transfer.md").read_text()
 
 

@@ -14,6 +14,7 @@ from .batching import (
     build_loaders,
     default_cache_dir,
     encode,
+    stratified_subset,
     subset,
 )
 from .glue import (
@@ -47,5 +48,6 @@ __all__ = [
     "load_glue",
     "read_tsv",
     "resolve_source",
+    "stratified_subset",
     "subset",
 ]

@@ -56,6 +56,29 @@ def subset(examples: list[Example], limit: int | None, seed: int) -> list[Exampl
     return [examples[i] for i in keep.tolist()]
 
 
+def stratified_subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """Like ``subset``, but the draw is spread over the labels: the classes present (in a seeded
+    order) take turns giving one seeded-random example each until ``limit`` are drawn, so five seeds
+    of a binary task hold both classes (3 and 2). Float labels (regression) and unlabelled rows
+    (-1) have no classes to spread over: those draw as ``subset`` does. Kept in file order."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    labels = [ex.label for ex in examples]
+    if any(isinstance(y, float) for y in labels) or all(y == -1 for y in labels):
+        return subset(examples, limit, seed)
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i in torch.randperm(len(examples), generator=g).tolist():
+        by_class.setdefault(int(labels[i]), []).append(i)
+    queues = [by_class[c] for c in (sorted(by_class)[j] for j in torch.randperm(len(by_class), generator=g).tolist())]
+    drawn: list[int] = []
+    while len(drawn) < limit:
+        for q in queues:
+            if q and len(drawn) < limit:
+                drawn.append(q.pop(0))
+    return [examples[i] for i in sorted(drawn)]
+
+
 def hold_out(examples: list[Example], size: int, seed: int = VAL_SPLIT_SEED) -> tuple[list[Example], list[Example]]:
     """(held out, rest): a seeded random ``size`` of ``examples`` and the others, both in file order."""
     g = torch.Generator().manual_seed(seed)

@@ -20,7 +20,11 @@ in the paper the source model writes the synthetic data the discriminator trains
 model writes the transfer data it filters (Fig. 1); here one small offline LM (SmolLM2-135M-Instruct)
 writes both, once (our source and target are encoders that cannot generate);
 the discriminator is logistic regression on the source model's pooled features, not a LoRA
-(5 real examples train a linear probe as well as anything, and it costs nothing); the
+(5 real examples train a linear probe as well as anything, and it costs nothing); the seeds are
+drawn stratified by label (``data.stratified_subset``), and by default the filter keeps the
+``keep`` fraction within each class the source predicts (``--keep-per class``; ``all`` is the
+paper's one ranking): with five random seeds of one class, the paper's ranking kept 87% positives
+on SST-2 and the student learnt a constant (dev 51.6 against 79.5 unfiltered); the
 distillation matches class distributions with T = 2 (our choice; the paper's tasks are generative
 and match generated tokens). Head ``cls`` only (classification and regression tasks).
 """
@@ -34,10 +38,10 @@ import torch
 
 from .. import inject, models, results
 from ..checkpoint import save_adapter
-from ..data import build_loaders, get_task, resolve_source, subset
+from ..data import build_loaders, get_task, resolve_source, stratified_subset
 from ..errors import ConfigError
 from . import loop
-from .discriminator import cross_fit_scores, head_features, keep_top
+from .discriminator import cross_fit_scores, head_features, keep_top, keep_top_per_class
 from .distill import distill_step, text_batches
 from .registry import Method, check_fraction, check_positive, opt, register
 from .synthetic import Generation, generate
@@ -60,6 +64,8 @@ class TransLoRA(Method):
         seeds: int = opt(5, "real examples shown to the generator and the discriminator (paper: 5)")
         synthetic: int = opt(128, "synthetic inputs generated")
         keep: float = opt(0.5, "fraction of them the discriminator keeps")
+        keep_per: str = opt("class", "'class': keep that fraction within each class the source predicts "
+                                     "(cannot drop a class); 'all': of all inputs at once (the paper)")
         top_p: float = opt(0.95, "nucleus sampling of the generator")
         max_new_tokens: int = opt(24, "tokens per synthetic input at most")
         folds: int = opt(2, "discriminator cross-fitting folds")
@@ -87,6 +93,8 @@ class TransLoRA(Method):
                 if getattr(self, flag) is not None:
                     check_positive(getattr(self, flag), f"--{flag.replace('_', '-')}")
             check_fraction(self.keep, "--keep")
+            if self.keep_per not in ("class", "all"):
+                raise ConfigError(f"--keep-per must be 'class' or 'all', got {self.keep_per!r}")
             check_fraction(self.top_p, "--top-p")
             if not self.temperature > 0:
                 raise ConfigError(f"--temperature must be > 0, got {self.temperature}; the paper's KD uses T >= 1")
@@ -103,7 +111,7 @@ class TransLoRA(Method):
         for name in (opts.source, opts.target, opts.generator):
             models.resolve_model(name)
         data = resolve_source(opts.data_dir, task=spec)
-        seeds = subset(data.load(spec, "train"), opts.seeds, opts.seed)
+        seeds = stratified_subset(data.load(spec, "train"), opts.seeds, opts.seed)  # every class among the seeds
         common = {"max_length": opts.max_length, "batch_size": opts.batch_size}
 
         def lora(model):
@@ -143,8 +151,11 @@ class TransLoRA(Method):
 
         scores = cross_fit_scores(head_features(source, on_source(seeds)), head_features(source, on_source(synth)),
                                   folds=opts.folds, seed=opts.seed)
-        kept = keep_top(scores, opts.keep)
         teacher = loop.logits_of(source, on_source(synth))  # (N, C) the source LoRA's outputs
+        if opts.keep_per == "class" and not spec.is_regression:
+            kept = keep_top_per_class(scores, teacher.argmax(-1), opts.keep)
+        else:
+            kept = keep_top(scores, opts.keep)
         del source
 
         # ---- 4. target arms
@@ -189,7 +200,8 @@ class TransLoRA(Method):
                 "source": {"model": opts.source, "layers": opts.source_layers},
                 "target": {"model": opts.target, "layers": opts.target_layers},
                 "generator": opts.generator, "options": asdict(opts),
-                "counts": {"seeds": len(seeds), "sampled": sampled, "generated": len(synth), "kept": len(kept)},
+                "counts": {"seeds": len(seeds), "sampled": sampled, "generated": len(synth), "kept": len(kept),
+                           **({} if spec.is_regression else class_mix(teacher, kept))},
                 "arms": arms, "arm_notes": ARM_NOTES}
 
 
@@ -198,6 +210,14 @@ ARM_NOTES = {"source": "source base + its LoRA trained on the real data (the tea
              "unfiltered": "target + LoRA distilled on every synthetic input (no filter)",
              "direct": "target + LoRA trained on the real data (needs the data transfer avoids)",
              "no_adapter": "target with only its head trained on the seed examples"}
+
+
+def class_mix(teacher: torch.Tensor, kept: list[int]) -> dict[str, list[int]]:
+    """How many synthetic inputs the teacher puts in each class: all generated, and those kept."""
+    pred = teacher.argmax(-1)
+    c = teacher.shape[-1]
+    return {"teacher_classes_generated": torch.bincount(pred, minlength=c).tolist(),
+            "teacher_classes_kept": torch.bincount(pred[kept], minlength=c).tolist()}
 
 
 def load_generator(name: str, layers: int | None = None):
