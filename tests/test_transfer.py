@@ -296,7 +296,7 @@ def test_trans_lora_end_to_end(tmp_path):
     assert counts["generated"] == 8 and counts["seeds"] == 3
     assert sum(counts["teacher_classes_generated"]) == 8 and sum(counts["teacher_classes_kept"]) == counts["kept"]
     assert counts["teacher_classes_kept"] == [keep_count(n, 0.5) if n else 0 for n in counts["teacher_classes_generated"]]
-    assert set(record["arms"]) == {"source", "trans_lora", "unfiltered", "direct", "no_adapter"}
+    assert set(record["arms"]) == {"source", "trans_lora", "random_keep", "unfiltered", "direct", "no_adapter"}
     for arm in record["arms"].values():
         assert 0.0 <= arm["dev"]["validation"]["accuracy"] <= 1.0
     synthetic = json.loads((out / "synthetic.json").read_text())["synthetic"]
