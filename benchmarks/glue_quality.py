@@ -57,7 +57,7 @@ MPNET_TASKS: dict[str, tuple[dict, str, float]] = {
     "cola": ({**MPNET_QV8, "epochs": 3}, "mcc", 0.45),
     "mrpc": ({**MPNET_QV8, "epochs": 3}, "accuracy", 0.87),
     "rte": ({**MPNET_QV8, "epochs": 4, "max_length": 256}, "accuracy", 0.70),
-    "stsb": ({**MPNET_QV8, "epochs": 2}, "pearson", 0.88),
+    "stsb": ({**MPNET_QV8, "epochs": 4}, "pearson", 0.88),  # 2 epochs (fp32): 0.865
 }
 EPOCH_TARGET_MIN = {"sst2": 6.0}  # minutes per epoch on 2 cores with dynamic padding (MiniLM)
 
