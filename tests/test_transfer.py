@@ -199,6 +199,21 @@ def test_stratified_seeds_hold_every_class():
     assert stratified_subset(rows, None, 0) == rows and stratified_subset(rows, 500, 0) == rows
 
 
+def test_every_arm_sees_the_same_order_in_each_epoch():
+    from torch.utils.data import DataLoader
+
+    from lorabench.data import ShuffledBatches
+    from lorabench.transfer.loop import epochs_of
+
+    loader = DataLoader(list(range(40)), batch_sampler=ShuffledBatches([5] * 40, 8, seed=3))
+    first = epochs_of(loader)
+    order = [[b.tolist() for b in first(e)] for e in (0, 1)]
+    assert order[0] != order[1]  # epochs reshuffle
+    for _ in range(3):  # later arms on the same loader, after other passes
+        again = epochs_of(loader)
+        assert [b.tolist() for b in again(1)] == order[1] and [b.tolist() for b in again(0)] == order[0]
+
+
 def test_cross_fitted_discriminator_ranks_real_looking_inputs_first():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(5, 8, generator=g) + 2.0

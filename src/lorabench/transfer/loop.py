@@ -62,8 +62,18 @@ def train(model: nn.Module, batches: Callable[[int], Iterable[Batch]], groups: l
 
 
 def epochs_of(loader) -> Callable[[int], Iterable[Batch]]:
-    """``batches(epoch)`` for a DataLoader (its sampler reshuffles on each pass)."""
-    return lambda epoch: iter(loader)
+    """``batches(epoch)`` for a DataLoader: epoch e's order comes from its sampler's ``set_epoch(e)``
+    (``data.ShuffledBatches``), so every arm trained on one loader sees the same order in epoch e,
+    however many passes earlier arms (or a counting pass) made."""
+    sampler = next((s for s in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None))
+                    if hasattr(s, "set_epoch")), None)
+
+    def batches(epoch: int) -> Iterable[Batch]:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        return iter(loader)
+
+    return batches
 
 
 def inputs(batch: Batch) -> Batch:
