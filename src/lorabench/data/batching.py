@@ -70,7 +70,8 @@ def stratified_subset(examples: list[Example], limit: int | None, seed: int) -> 
     by_class: dict[int, list[int]] = {}
     for i in torch.randperm(len(examples), generator=g).tolist():
         by_class.setdefault(int(labels[i]), []).append(i)
-    queues = [by_class[c] for c in (sorted(by_class)[j] for j in torch.randperm(len(by_class), generator=g).tolist())]
+    classes = sorted(by_class)
+    queues = [by_class[classes[j]] for j in torch.randperm(len(classes), generator=g).tolist()]
     drawn: list[int] = []
     while len(drawn) < limit:
         for q in queues:

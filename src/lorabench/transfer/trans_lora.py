@@ -41,7 +41,7 @@ import torch
 
 from .. import inject, models, results
 from ..checkpoint import save_adapter
-from ..data import build_loaders, get_task, resolve_source, stratified_subset
+from ..data import build_loaders, get_task, resolve_source, stratified_subset, subset
 from ..errors import ConfigError
 from . import loop
 from .discriminator import cross_fit_scores, head_features, keep_top, keep_top_per_class
@@ -169,8 +169,7 @@ class TransLoRA(Method):
         model, target_tok = target()
         train_t, dev_t = loaders(target_tok)
         loss = distill_step(opts.temperature, spec.is_regression)
-        g = torch.Generator().manual_seed(opts.seed)
-        random_rows = sorted(torch.randperm(len(synth), generator=g)[:len(kept)].tolist())
+        random_rows = subset(list(range(len(synth))), len(kept), opts.seed)  # the seeded draw of data.subset
         for arm, rows in (("trans_lora", kept), ("random_keep", random_rows), ("unfiltered", list(range(len(synth))))):
             if arm != "trans_lora":
                 model, _ = target()
