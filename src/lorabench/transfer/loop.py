@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..metrics import compute
-from ..seeding import linear_warmup_decay, set_seed  # noqa: F401  (set_seed: loop.set_seed in the methods)
+from ..seeding import linear_warmup_decay, set_seed
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
