@@ -55,8 +55,8 @@ MPNET_QV8 = {"variant": "lora", "r": 8, "alpha": 8, "pooling": "auto", "batch_si
 MPNET_TASKS: dict[str, tuple[dict, str, float]] = {
     "sst2": ({**MPNET_QV8, "train_limit": 20000, "epochs": 1, "eval_every": 250}, "accuracy", 0.93),
     "cola": ({**MPNET_QV8, "epochs": 3}, "mcc", 0.45),
-    "mrpc": ({**MPNET_QV8, "epochs": 3}, "accuracy", 0.87),
-    "rte": ({**MPNET_QV8, "epochs": 4, "max_length": 256}, "accuracy", 0.70),
+    "mrpc": ({**MPNET_QV8, "epochs": 8}, "accuracy", 0.87),  # 0.8775 (3 epochs: 0.853)
+    "rte": ({**MPNET_QV8, "epochs": 8, "max_length": 256}, "accuracy", 0.70),  # 0.729 (4: 0.693)
     "stsb": ({**MPNET_QV8, "epochs": 4}, "pearson", 0.88),  # 2 epochs (fp32): 0.865
 }
 EPOCH_TARGET_MIN = {"sst2": 6.0}  # minutes per epoch on 2 cores with dynamic padding (MiniLM)
