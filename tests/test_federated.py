@@ -13,7 +13,7 @@ import torch
 
 from lorabench.commands import federate
 from lorabench.commands.args import Parser
-from lorabench.errors import ConfigError
+from lorabench.errors import ConfigError, DataError
 from lorabench.federated import (
     FedSettings,
     dirichlet_split,
@@ -28,6 +28,7 @@ from lorabench.federated.fedsmooth import (
     zeta_at,
 )
 from lorabench.federated.lora_fair import cosine_correction
+from lorabench.federated.plot import curves, plot_rounds
 from lorabench.federated.simulate import aggregation_error, nbytes
 from lorabench.federated.table import round_table, summary_table
 
@@ -181,6 +182,19 @@ def test_tables_come_from_the_records():
     assert s.rows[0][4:] == ["70.00", "80.00", "1.00", "2.00", "0.5"]
 
 
+def test_round_curves_plot_the_records(tmp_path):
+    def rec(method, beta, values, task="sst2"):
+        rounds = [{"metrics": {"validation": {"accuracy": v}}, "aggregation_error": e} for v, e in zip(values, [0.5, 0.0])]
+        return {"method": method, "model": "minilm", "task": task, "federated": {"beta": beta}, "primary_metric": "accuracy",
+                "initial": {"metrics": {"validation": {"accuracy": 0.5}}}, "rounds": rounds}
+    assert curves(rec("fedavg", 0.5, [0.6, 0.7])) == ([0, 1, 2], [50.0, 60.0, 70.0], [0.5, 0.0])
+    png, svg = plot_rounds([rec("fedavg", 0.5, [0.6, 0.7]), rec("fedavg", "inf", [0.65]), rec("ffa_lora", 0.5, [0.6])],
+                           tmp_path)
+    assert png.name == "rounds-minilm-sst2.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.stat().st_size > 0
+    with pytest.raises(DataError, match="one model and task"):
+        plot_rounds([rec("fedavg", 0.5, [0.6]), rec("fedavg", 0.5, [0.6], task="rte")], tmp_path)
+
+
 # ---- the command ----------------------------------------------------------------------------
 BASE = ["federate", "--model", "minilm", "--layers", "2", "--task", "sst2", "--train-limit", "32", "--eval-limit", "32",
         "--max-length", "32", "--batch-size", "8", "--quiet", "--data-dir", str(GLUE)]
@@ -226,3 +240,5 @@ def test_federate_end_to_end_writes_a_valid_json(method, tmp_path):
         assert all(x["aggregation_error"] > 0 for x in r["rounds"])
     assert r["bytes"] == {"up": sum(x["bytes_up"] for x in r["rounds"]), "down": sum(x["bytes_down"] for x in r["rounds"])}
     assert cli(["federate", "--table", str(out / "federated.json")]) == 0
+    assert cli(["federate", "--table", str(out / "federated.json"), "--out", str(tmp_path / "t" / "fed.md")]) == 0
+    assert (tmp_path / "t" / "fed.md").is_file() and (tmp_path / "t" / "rounds-minilm-sst2.png").is_file()

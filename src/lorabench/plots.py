@@ -53,7 +53,7 @@ def _legend(fig: Any, ax: Any, fontsize: str = "small") -> None:
                    ncols=math.ceil(len(labels) / LEGEND_ROWS))
 
 
-def _save(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
+def save_figure(fig: Any, out: Path, stem: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")
     png, svg = out / f"{stem}.png", out / f"{stem}.svg"
@@ -101,7 +101,7 @@ def plot_pareto(report: Any, model: str, task: str, out: Path) -> tuple[Path, Pa
     ax.set(xlabel="trainable parameters", ylabel=f"dev {next(iter(best.values())).metric_name} ×100",
            title=f"{task}: score vs trainable parameters ({model})")
     _legend(fig, ax)
-    return _save(fig, out, f"pareto-{model}-{task}")
+    return save_figure(fig, out, f"pareto-{model}-{task}")
 
 
 def plot_history(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
@@ -121,7 +121,7 @@ def plot_history(report: Any, model: str, task: str, out: Path) -> tuple[Path, P
         return None
     ax.set(xlabel="optimizer step", ylabel="dev metric ×100", title=f"{task}: dev metric during training ({model})")
     _legend(fig, ax)
-    return _save(fig, out, f"history-{model}-{task}")
+    return save_figure(fig, out, f"history-{model}-{task}")
 
 
 def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
@@ -147,7 +147,7 @@ def plot_rank(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path
     ax.set(xlabel="rank r", ylabel="dev metric ×100 (best over other hyperparameters)",
            title=f"{task}: score vs rank ({model})")
     _legend(fig, ax, fontsize="x-small")
-    return _save(fig, out, f"rank-{model}-{task}")
+    return save_figure(fig, out, f"rank-{model}-{task}")
 
 
 def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
@@ -168,7 +168,7 @@ def plot_forest(report: Any, model: str, task: str, out: Path) -> tuple[Path, Pa
     n = sorted({c.n for _, c in cells})
     ax.set(xlabel=f"dev {cells[0][1].metric_name} ×100 (mean, 95% CI over {'/'.join(map(str, n))} seeds)",
            title=f"{task}: best configuration per method ({model})")
-    return _save(fig, out, f"forest-{model}-{task}")
+    return save_figure(fig, out, f"forest-{model}-{task}")
 
 
 def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] | None:
@@ -187,7 +187,7 @@ def plot_lr(report: Any, model: str, task: str, out: Path) -> tuple[Path, Path] 
     ax.set(xlabel="learning rate", ylabel=f"dev {points[0][1].metric_name} ×100 (mean ± std over seeds)",
            title=f"{task}: learning-rate sensitivity ({model}); larger markers: more seeds")
     _legend(fig, ax)
-    return _save(fig, out, f"lr-{model}-{task}")
+    return save_figure(fig, out, f"lr-{model}-{task}")
 
 
 def plot_cost(report: Any, model: str, attr: str, label: str, scale: float, out: Path) -> tuple[Path, Path] | None:
@@ -205,7 +205,7 @@ def plot_cost(report: Any, model: str, attr: str, label: str, scale: float, out:
     ax.set(ylabel=label, title=f"{label} per variant ({model})")
     if len(tasks) > 1:
         ax.legend(fontsize="small")
-    return _save(fig, out, f"{label.split(' (')[0].replace(' ', '-')}-{model}")
+    return save_figure(fig, out, f"{label.split(' (')[0].replace(' ', '-')}-{model}")
 
 
 def make_plots(report: Any, out: str | Path) -> list[tuple[Path, Path]]:

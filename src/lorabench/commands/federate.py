@@ -3,7 +3,7 @@
     lorabench federate --method fedavg --config federated-sst2 --out runs/fed/fedavg-b0.5
     lorabench federate --method lora_fair --clients 10 --beta inf --rounds 5 --fraction 0.5 \\
         --model minilm --train-limit 2000 --eval-limit 500 --out runs/fed/lora_fair-iid
-    lorabench federate --table runs/fed/*/federated.json --out runs/fed/federated.md
+    lorabench federate --table runs/fed/*/federated.json --out runs/fed/federated.md   # + rounds-*.png beside it
 
 One GLUE task's training set is split over N clients (Dirichlet(beta) label skew; beta inf:
 IID); each of R rounds samples a fraction of them (seeded), each trains E local epochs from the
@@ -36,6 +36,7 @@ from ..config import RunConfig
 from ..data import get_task
 from ..errors import ConfigError
 from ..federated import registry as methods
+from ..federated.plot import plot_rounds
 from ..federated.settings import FedSettings, parse_beta
 from ..federated.simulate import simulate
 from ..federated.table import (
@@ -70,7 +71,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--fed-opt", action="append", dest="fed_opt", metavar="KEY=VALUE",
                    help="an option of the method, e.g. --fed-opt lam=0.01 (lora_fair), --fed-opt zeta=1 (fedsmooth)")
     g.add_argument("--table", nargs="+", metavar="JSON", help="only print (and with --out FILE.md write) the tables "
-                                                              "of these federated.json files")
+                                                              "of these federated.json files; with --out, also the "
+                                                              "round curves (rounds-<model>-<task>.png/.svg) beside it")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML of run settings + a federated: mapping, or a preset "
                                                          "name (federated-sst2)")
     add_config_flags(p, RunConfig, exclude=EXCLUDED)
@@ -123,18 +125,27 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunConfig, FedSettings
     return cfg, settings
 
 
-def write_tables(records: list[dict], out: Path | None) -> str:
+def write_tables(records: list[dict], out: Path | None, plot: bool = False) -> str:
+    """The round and summary tables (written to ``out`` when given); with ``plot``, also the round
+    curves beside ``out`` (rounds-<model>-<task>.png/.svg; one per model and task)."""
     text = to_markdown(round_table(records)) + "\n\n" + to_markdown(summary_table(records)) + "\n"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+        if plot:
+            groups: dict[tuple[str, str], list[dict]] = {}
+            for r in records:
+                groups.setdefault((str(r["model"]), str(r["task"])), []).append(r)
+            for group in groups.values():
+                png, _ = plot_rounds(group, out.parent)
+                text += f"round curves: {png}\n"
     return text
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
     if getattr(args, "table", None):
         out = getattr(args, "out", None)
-        print(write_tables(read_records(args.table), Path(out) if out else None), end="")
+        print(write_tables(read_records(args.table), Path(out) if out else None, plot=True), end="")
         return 0
     cfg, settings = settings_from_args(args)
     if not getattr(args, "debug", False):
