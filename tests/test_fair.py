@@ -248,6 +248,20 @@ def test_halving_keeps_the_better_half_after_each_seed(tmp_path):
     assert len(lora_runs) == 4 + 2 + 1
 
 
+def test_a_finished_run_that_halving_now_prunes_is_named(tmp_path):
+    sweep = plan(SPEC, out=str(tmp_path))
+    lora = {(r.config.lr, r.config.seed): r for r in sweep.runs if r.config.variant == "lora"}
+    for lr, val in {1e-4: 0.60, 1e-3: 0.80, 1e-2: 0.75, 1e-1: 0.70}.items():
+        finish(lora[(lr, 0)], tmp_path, val)
+    finish(lora[(1e-2, 1)], tmp_path, 0.80)  # kept after seed 0: its seed 1 ran
+    assert halving.stale_note(sweep) is None
+    finish(lora[(1e-1, 0)], tmp_path, 0.90)  # a rerun of lr 0.1 at seed 0 now ranks first: lr 1e-2 drops out
+    note = halving.stale_note(sweep)
+    assert note is not None and "1 finished runs" in note and f"run-{lora[(1e-2, 1)].run_id}.json" in note
+    assert "move them out" in note
+    assert halving.stale_note(plan({**SPEC, "halving": None}, out=str(tmp_path))) is None
+
+
 def test_halving_must_be_an_integer_of_at_least_two(tmp_path):
     for bad in (1, 0, True, "2", 1.5):
         with pytest.raises(SweepError, match="halving must be an integer eta >= 2"):

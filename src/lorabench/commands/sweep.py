@@ -19,7 +19,7 @@ from ..errors import SweepError
 from ..report import best_table_markdown, write_report
 from ..sweep import ray as ray_backend
 from ..sweep.dry_run import print_plan
-from ..sweep.halving import run_halving
+from ..sweep.halving import run_halving, stale_note
 from ..sweep.local import run_sweep, write_manifest
 from ..sweep.plan import Sweep, data_problems, load_sweep
 from ..sweep.plan import __doc__ as plan_doc
@@ -116,6 +116,9 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
           + f" ({format_seconds(time.perf_counter() - t0)}); results in {sweep.out}")
     if not args.quiet:
         print(best_table_markdown(sweep.out, compare=True))
+    note = stale_note(sweep)
+    if note:
+        print(note, file=sys.stderr)
     return 0 if counts.get("ok", 0) + counts.get("pruned", 0) == len(statuses) else 1
 
 

@@ -121,3 +121,20 @@ def planned_cost(sweep: Sweep) -> tuple[int, int]:
     seeds, groups = _groups(sweep)
     most = sum(sum(rung_sizes(len(configs), len(seeds), sweep.halving)) for configs in groups.values())
     return most, len(groups) * len(seeds)
+
+
+
+def stale_note(sweep: Sweep) -> str | None:
+    """A note naming the finished results in ``sweep.out`` that the rung rule now prunes: their
+    configuration was kept under an earlier grid or earlier results (a grid point added since ranked
+    above it). ``lorabench report`` reads every result in a folder, so they would still take part
+    in selection; None when there are none, and without halving."""
+    if not sweep.halving:
+        return None
+    out = Path(sweep.out)
+    stale = sorted(rid for rid in active(sweep, out)[1] if results.status_of(results.result_path(out, rid)) is not None)
+    if not stale:
+        return None
+    return (f"note: {out} holds {len(stale)} finished runs that successive halving now prunes "
+            f"({', '.join(f'run-{r}.json' for r in stale)}); lorabench report reads every result in the folder, so "
+            "they would take part in selection: move them out of it before reporting this sweep")
