@@ -116,7 +116,7 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
           + f" ({format_seconds(time.perf_counter() - t0)}); results in {sweep.out}")
     if not args.quiet:
         print(best_table_markdown(sweep.out, compare=True))
-    note = stale_note(sweep)
+    note = stale_note(sweep, [rid for rid, s in statuses.items() if s == "pruned"])
     if note:
         print(note, file=sys.stderr)
     return 0 if counts.get("ok", 0) + counts.get("pruned", 0) == len(statuses) else 1

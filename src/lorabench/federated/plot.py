@@ -15,14 +15,14 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..plots import MARKERS, save_figure
+from .table import metric
 
 LINESTYLES = ["-", "--", ":", "-."]
 
 
 def _value(metrics: dict, name: str) -> float | None:
-    split = next(iter(metrics), None)
-    value = (metrics.get(split) or {}).get(name) if split else None
-    return 100 * float(value) if isinstance(value, (int, float)) else None
+    value = metric(metrics, name)
+    return None if value is None else 100 * value
 
 
 def curves(record: dict) -> tuple[list[int], list[float | None], list[float]]:

@@ -37,7 +37,8 @@ def label(record: dict) -> str:
     return f"{record['method']} β={fed['beta']}"
 
 
-def _metric(metrics: dict, name: str) -> float | None:
+def metric(metrics: dict, name: str) -> float | None:
+    """The metric ``name`` of the first split in ``metrics`` (a record's evaluation), or None."""
     split = next(iter(metrics), None)
     value = (metrics.get(split) or {}).get(name) if split else None
     return float(value) if isinstance(value, (int, float)) else None
@@ -55,7 +56,7 @@ def round_table(records: list[dict]) -> Table:
         row = [str(t)]
         for r in records:
             metrics = r["initial"]["metrics"] if t == 0 else (r["rounds"][t - 1]["metrics"] if t <= len(r["rounds"]) else {})
-            row.append(_pct(_metric(metrics, r["primary_metric"])))
+            row.append(_pct(metric(metrics, r["primary_metric"])))
         rows.append(row)
     names = sorted({r["primary_metric"] for r in records})
     return Table(f"Global dev {'/'.join(names)} after each round", ["round", *map(label, records)], rows,
@@ -67,7 +68,7 @@ def summary_table(records: list[dict]) -> Table:
     rows = []
     for r in records:
         fed, name = r["federated"], r["primary_metric"]
-        values = [_metric(x["metrics"], name) for x in r["rounds"]]
+        values = [metric(x["metrics"], name) for x in r["rounds"]]
         best = max((v for v in values if v is not None), default=None)
         errors = [x["aggregation_error"] for x in r["rounds"]]
         rows.append([r["method"], str(fed["beta"]), f"{fed['clients']} × {fed['fraction']:g}", str(fed["rounds"]),

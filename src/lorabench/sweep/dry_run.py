@@ -36,7 +36,7 @@ def print_plan(sweep: Any) -> None:
         total += later * sum(undecided) / len(undecided) if undecided else 0.0
         print(f"successive halving (eta {sweep.halving}): at most {starts} of the {len(sweep.runs)} planned runs; "
               f"one configuration per method would run {single} ({starts / single:.1f}x)")
-    note = stale_note(sweep)
+    note = stale_note(sweep, pruned)
     if note:
         print(note)
     how = "measured by finished runs in the out folder where available, else" if rates else "no finished runs yet:"

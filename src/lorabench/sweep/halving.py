@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,16 +124,17 @@ def planned_cost(sweep: Sweep) -> tuple[int, int]:
     return most, len(groups) * len(seeds)
 
 
-
-def stale_note(sweep: Sweep) -> str | None:
+def stale_note(sweep: Sweep, pruned: Iterable[str] | None = None) -> str | None:
     """A note naming the finished results in ``sweep.out`` that the rung rule now prunes: their
     configuration was kept under an earlier grid or earlier results (a grid point added since ranked
     above it). ``lorabench report`` reads every result in a folder, so they would still take part
-    in selection; None when there are none, and without halving."""
+    in selection; None when there are none, and without halving. ``pruned``: the pruned run ids
+    when the caller has them (``active``'s second value), else computed here."""
     if not sweep.halving:
         return None
     out = Path(sweep.out)
-    stale = sorted(rid for rid in active(sweep, out)[1] if results.status_of(results.result_path(out, rid)) is not None)
+    pruned = active(sweep, out)[1] if pruned is None else pruned
+    stale = sorted(rid for rid in pruned if results.status_of(results.result_path(out, rid)) is not None)
     if not stale:
         return None
     return (f"note: {out} holds {len(stale)} finished runs that successive halving now prunes "
