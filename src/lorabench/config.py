@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import units
+from . import kinds, units
 from .adapters import registry
 from .regularizers import registry as regularizers
 from .choices import HEADS, LOG_WITH, POOLINGS, PRECISIONS, QUANT_TYPES
@@ -86,6 +86,12 @@ class RunConfig:
                                                 "(0.1 for the BERT family)", group=_WHAT, metavar="P")
     regularizer: str | None = setting(None, f"loss term against forgetting, head lm only: {', '.join(regularizers.names())}; "
                                             "NAME:weight=W sets its weight (unset: none)", group=_WHAT, metavar="NAME")
+    kind: str = setting("run", "what the run is: run (one adapter on one task), federated (clients and rounds) or "
+                               "prune (structured pruning with LoRA); a scenario's own settings go in --scenario",
+                        group=_WHAT, choices=kinds.KINDS)
+    scenario: dict = setting(dict, "a setting of the scenario kind, e.g. --scenario method=ffa_lora --scenario "
+                                   "beta=0.5 (federated), --scenario sparsity=0.5 (prune) (repeatable)",
+                             group=_WHAT, metavar="KEY=VALUE")
     # ---- optimisation ---------------------------------------------------------------
     lr: float = setting(5e-4, "peak learning rate of AdamW", group=_OPT)
     weight_decay: float = setting(0.01, "AdamW decoupled weight decay (0 for biases and norms)", group=_OPT)
@@ -190,6 +196,7 @@ class RunConfig:
         )
         self.budget_bytes()  # raises on a bad size string
         self.task = _task(self.task).name
+        kinds.resolve(self, DEFAULTS)  # before the variant: a scenario kind may decide it
         variant = _variant(self.variant)
         self.variant = variant.name
         self.variant_options()  # the variant validates its own options
@@ -275,7 +282,13 @@ class RunConfig:
         for name in ("model_dropout", "val_size", "regularizer"):  # nor does an unset newer field change them
             if getattr(self, name) is None:
                 del out[name]
+        if self.kind == "run":  # plain runs: ids from before scenario kinds existed
+            del out["kind"], out["scenario"]
         return out
+
+    def method(self) -> str:
+        """The row this run is in the report: the variant, or a scenario's label (``kinds.label``)."""
+        return kinds.label({"kind": self.kind, "scenario": self.scenario, "variant": self.variant})
 
     def data_fingerprint(self) -> dict[str, Any]:
         """What data the run reads (``data.fingerprint``): the checksums of its split files, or the
@@ -295,6 +308,9 @@ class RunConfig:
 #: excluded from ``resolved()`` and so from the run id (a result is found again wherever
 #: the GLUE folder lives and whatever the output folder is called).
 NOT_HASHED = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hashed"])
+#: Every field's default (a scenario kind refuses a field it cannot honour when it differs from it).
+DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(RunConfig)}
 #: Fields that are bookkeeping, not hyperparameters: the report never groups runs by them.
 NOT_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(RunConfig) if not f.metadata["hyperparameter"])
 

@@ -48,7 +48,7 @@ def check_after_training(model, core, batch: dict, first_loss: float | None, acc
             loss = accelerator.reduce(torch.tensor(loss, device=accelerator.device), "mean").item()
         reason = divergence(loss, first_loss)
         why = f"training loss after the last update {reason}" if reason else None
-    if why is None and state.final is not None:
+    if why is None and state.final is not None and state.final["metrics"]:  # a run without dev sets: no metric check
         primary = (next(iter(state.final["metrics"].values()), {}) or {}).get(task.primary_metric)
         if primary is None or not math.isfinite(primary):
             why = f"dev {task.primary_metric} is {primary} after the last update (a constant or non-finite prediction)"

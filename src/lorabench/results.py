@@ -1,9 +1,22 @@
 """One self-describing JSON per run; tables and plots are computed from these files only.
 
-Schema (``schema_version`` 2). Keys marked * are always present.
+One envelope for every kind of run: a plain run (``kind`` "run") and each scenario (``kind``
+"federated", "prune", ...: ``lorabench.kinds``) write the same keys, so ``report`` and the sweep read
+them all alike; what only a kind has goes under ``details``.
+
+Schema (``schema_version`` 3). Keys marked * are always present.
 
     schema*            "lorabench-run"
-    schema_version*    2 (1: written before the data was part of the run id; still read)
+    schema_version*    3 (2: before scenario kinds, read as kind "run"; 1: before the data was part of
+                       the run id; both still read)
+    kind*              "run" | a scenario kind (``lorabench.kinds.KINDS``). Schema 3 only
+    method*            the row this run is in the report: the variant for a run, e.g.
+                       "federated:ffa_lora (beta 0.5)" or "prune:loraprune@0.5" for a scenario. Schema 3 only
+    metric*            {"name": primary metric, "selected_on": the split that picked the reported
+                       evaluation ("val", a dev split, or "last" when nothing was selected), "reported_on":
+                       the dev split reported}. Schema 3 only
+    details            the kind's own record (null for a plain run): rounds of a federated run, the
+                       pruning plan and sparsity of a prune run, ...
     run_id*            first 12 hex digits of the sha256 of the canonical JSON of ``config`` and
                        ``data`` without ``examples`` (``ids.run_id``; schema 1: of ``config`` alone)
     status*            "ok" | "diverged" | "oom" | "error"
@@ -65,16 +78,16 @@ from typing import Any, Iterator
 
 from .data.glue import get_task
 from .errors import ConfigError, DataError, ResultWriteError
-from . import ids
+from . import ids, kinds
 from .measure import environment
 
 SCHEMA = "lorabench-run"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "diverged", "oom", "error")
 #: lorabench files that live beside results and are not results themselves.
 KNOWN_OTHER_FILES = {"lorabench_adapter.json", "adapter_config.json", "sweep.json"}
 REQUIRED_KEYS = ("schema", "schema_version", "run_id", "status", "config", "task", "variant", "model", "seed")
-REQUIRED_SINCE = {"data": 2}  # keys a schema version on from this one must hold
+REQUIRED_SINCE = {"data": 2}  # object keys a schema version on from this one must hold
 
 
 canonical = ids.canonical
@@ -97,6 +110,8 @@ def new_result(run_id: str, config: dict, *, data: dict, primary_metric: str, en
     empty = {"step": 0, "epoch": 0.0, "metrics": {}}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": status, "error": error,
+        "kind": config.get("kind", "run"), "method": kinds.label(config),
+        "metric": {"name": primary_metric, "selected_on": None, "reported_on": None}, "details": None,
         "config": config, "task": config["task"], "variant": config["variant"], "model": config["model"],
         "data": {**data, "examples": None}, "seed": config["seed"], "primary_metric": primary_metric,
         "best": empty, "final": dict(empty), "history": [], "train_loss": [],
@@ -243,7 +258,31 @@ def validate(data: Any) -> str | None:
         return f"schema_version {version} but no {', '.join(missing)} object"
     if data["status"] not in STATUSES:
         return f"unknown status {data['status']!r}"
+    if version >= 3 and data.get("kind") not in kinds.KINDS:
+        return f"unknown kind {data.get('kind')!r} (this lorabench reads {', '.join(kinds.KINDS)}): upgrade lorabench"
+    if version >= 3 and not isinstance(data.get("method"), str):
+        return "schema_version 3 but no method"
     return None
+
+
+def kind_of(result: dict) -> str:
+    """``kind`` of a result; "run" for a file written before scenario kinds."""
+    return result.get("kind") or "run"
+
+
+def method_of(result: dict) -> str:
+    """The row a result is in the report: its ``method`` (the variant for a plain run)."""
+    method = result.get("method")
+    return method if isinstance(method, str) else str(result.get("variant"))
+
+
+def mark_metric(result: dict, where: str = "best") -> None:
+    """Fill ``result["metric"]``: which split selected the evaluation in ``result[where]`` and
+    which reports it (a run that held out ``val`` selects on it; else dev did both)."""
+    metrics = (result.get(where) or {}).get("metrics") or {}
+    reported = next((split for split in metrics if split != VAL), None)
+    selected = VAL if VAL in metrics else reported
+    result["metric"] = {"name": result.get("primary_metric"), "selected_on": selected, "reported_on": reported}
 
 
 def read_result(path: Path) -> dict | None:

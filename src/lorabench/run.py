@@ -36,9 +36,11 @@ from .data import build_loaders, get_task
 from .data.fingerprint import read_record
 from .data.prompts import prompt_format_fn
 from .errors import INPUT_ERRORS, ConfigError, RunFailed
+from .federated import recipe as federated_recipe
 from .launch import die_with_parent, launch
 from .measure import check_memory_budget, environment
 from . import models
+from .pruning import recipe as prune_recipe
 from .train import TrainState, first_batches, fit, set_seed
 
 
@@ -129,6 +131,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if main:
         results.check_writable(cfg.out)
     trackers.check_installed(cfg.log_with)  # says what to pip install, before anything is loaded
+    if cfg.kind != "run":
+        return execute_scenario(cfg, rid, data, path, progress=progress)
     if distributed.needs_launch(cfg):
         return launch(dataclasses.replace(cfg, quiet=cfg.quiet or not progress), rid, path)
     started = results.now()
@@ -162,6 +166,36 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         raise RunFailed(f"run {rid} {state.status}: {state.error} (result: {path})", result, path) from error
     if state.status == "diverged":
         warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
+    return result
+
+
+#: kind -> its recipe: ``run(cfg, result, progress=...)`` fills the result envelope in place.
+RECIPES = {"federated": federated_recipe.run, "prune": prune_recipe.run}
+
+
+def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run a scenario kind through its recipe, with a plain run's guarantees: the envelope is
+    written whatever the outcome (ok, diverged, oom, error), and a crash is raised as ``RunFailed``
+    after it is written. Input errors found by the recipe before it trains write nothing."""
+    started = results.now()
+    result = results.new_result(rid, cfg.resolved(), data=data, primary_metric=get_task(cfg.task).primary_metric,
+                                env=environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+                                started_at=started, status="ok")
+    error: BaseException | None = None
+    try:
+        RECIPES[cfg.kind](cfg, result, progress=progress)
+    except INPUT_ERRORS:
+        raise
+    except torch.cuda.OutOfMemoryError as e:
+        result["status"], result["error"], error = "oom", f"CUDA out of memory: {str(e).splitlines()[0]}", e
+    except Exception as e:
+        result["status"], result["error"], error = "error", f"{type(e).__name__}: {e}", e
+    result["finished_at"] = results.now()
+    results.write_json_atomic(path, result)
+    if error is not None:
+        raise RunFailed(f"run {rid} {result['status']}: {result['error']} (result: {path})", result, path) from error
+    if result["status"] == "diverged":
+        warnings.warn(f"run {rid} diverged: {result['error']}", stacklevel=2)
     return result
 
 
@@ -215,6 +249,7 @@ def result_of(cfg: RunConfig, rid: str, data: dict, started: str, task, model, s
         "paths": {"out": str(cfg.out), "data_dir": cfg.data_dir, "cwd": os.getcwd()},
         "finished_at": results.now(),
     })
+    results.mark_metric(result)
     return result
 
 

@@ -33,7 +33,7 @@ class Run:
     status: str
     model: str
     task: str
-    variant: str
+    variant: str  # the report's method: the variant, or a scenario's label ("federated:ffa_lora (beta 0.5)")
     seed: int
     key: str  # canonical JSON of the configuration (config minus seed and non-hyperparameters)
     flat: dict  # the configuration, options flattened
@@ -105,9 +105,12 @@ class Config:
 
 
 def flatten(config: dict) -> dict:
-    flat = {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and k != "options"}
-    for k, v in (config.get("options") or {}).items():
-        flat[k if flat.get(k) in (None, v) else f"options.{k}"] = v
+    """A resolved config as the report groups it: the variant's options and a scenario's settings
+    flattened to their names (prefixed only where a name is taken), bookkeeping fields left out."""
+    flat = {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and k not in ("options", "scenario")}
+    for group in ("options", "scenario"):
+        for k, v in (config.get(group) or {}).items():
+            flat[k if flat.get(k) in (None, v) else f"{group}.{k}"] = v
     return flat
 
 
@@ -122,7 +125,8 @@ def load_runs(folder: str | Path, metric_from: str = "best", notes: list[str] | 
     runs = []
     for path, r in found:
         config = r["config"] if isinstance(r["config"], dict) else {}
-        flat = flatten(config) | {"model": r["model"], "task": r["task"], "variant": r["variant"],
+        method = results.method_of(r)  # the variant, or a scenario's label: one row of the report
+        flat = flatten(config) | {"model": r["model"], "task": r["task"], "variant": method,
                                    "data": short(r.get("data"))}
         metric, name = results.metric_of(r, metric_from) if r["status"] == "ok" else (None, r.get("primary_metric"))
         select, _ = results.metric_of(r, metric_from, select=True) if metric is not None else (None, None)
@@ -134,7 +138,7 @@ def load_runs(folder: str | Path, metric_from: str = "best", notes: list[str] | 
         peak = mem.get("peak_allocated_bytes") if mem.get("device") == "cuda" else mem.get("peak_rss_bytes")
         runs.append(Run(
             run_id=r["run_id"], status=r["status"], model=str(r["model"]), task=str(r["task"]),
-            variant=str(r["variant"]), seed=r["seed"], key=results.canonical(flat), flat=flat,
+            variant=method, seed=r["seed"], key=results.canonical(flat), flat=flat,
             metric_name=name, metric=metric, select=select,
             select_split=None if metric is None else results.VAL if held_out else "dev", trainable=(r.get("params") or {}).get("trainable"),
             train_s=(r.get("time") or {}).get("train_s"), peak_bytes=peak, history=results.history_of(r),

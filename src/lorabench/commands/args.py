@@ -20,8 +20,8 @@ import yaml
 from ..config import RunConfig, load_yaml, parse_yaml
 from ..errors import ConfigError, UsageError
 
-#: Fields that are not flags of their own: ``options`` is ``--opt KEY=VALUE``.
-SPECIAL = ("options",)
+#: Mapping fields given as repeated ``KEY=VALUE`` flags: ``options`` is ``--opt``, ``scenario`` ``--scenario``.
+SPECIAL = {"options": "opt", "scenario": "scenario"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,8 +79,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type = RunConf
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         if f.name in SPECIAL:
-            group.add_argument(flag_name(f), action="append", dest="opt", **kw)
-            dests.append("opt")
+            group.add_argument(flag_name(f), action="append", dest=SPECIAL[f.name], **kw)
+            dests.append(SPECIAL[f.name])
             continue
         kind = _kind(hints[f.name])
         if kind is bool:
@@ -103,13 +103,13 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_opts(items: list[str]) -> dict[str, Any]:
+def parse_opts(items: list[str], flag: str = "--opt", example: str = "init=pissa") -> dict[str, Any]:
     """["init=pissa", "lr_ratio=16"] -> {"init": "pissa", "lr_ratio": 16}."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--opt {item!r} is not KEY=VALUE; write e.g. --opt init=pissa")
+            raise ConfigError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} {example}")
         out[key.strip().replace("-", "_")] = parse_value(value.strip())
     return out
 
@@ -132,6 +132,10 @@ def config_from_args(args: argparse.Namespace, config_cls: type = RunConfig):
             data.pop(key, None)
     if flag_opts:
         data["options"] = {**(options if isinstance(options, dict) else {}), **flag_opts}
+    flag_scenario = parse_opts(getattr(args, "scenario", None) or [], "--scenario", "method=fedavg")
+    if flag_scenario:
+        scenario = data.get("scenario")
+        data["scenario"] = {**(scenario if isinstance(scenario, dict) else {}), **flag_scenario}
     data.update(given)
     return config_cls.from_dict(data)
 

@@ -29,7 +29,7 @@ from .args import add_config_flags, ints, names, positive_int
 #: RunConfig fields that are no override flag: the sweep's axes (``--seeds``; ``--tasks`` and
 #: ``--variants`` select blocks of the file), the variant options (grids in the file), and
 #: ``quiet`` (run processes are always quiet; ``--quiet`` here silences the sweep).
-NOT_OVERRIDES = ("seed", "task", "variant", "options", "quiet")
+NOT_OVERRIDES = ("seed", "task", "variant", "options", "kind", "scenario", "quiet")
 
 
 def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig) -> None:

@@ -44,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def summary(result: dict, path) -> str:
     """A few lines: run id and status, best dev metrics, time, memory, where the JSON is."""
-    lines = [f"run {result['run_id']}: {result['status']}  {result['model']} / {result['task']} / {result['variant']}"
+    lines = [f"run {result['run_id']}: {result['status']}  {result['model']} / {result['task']} / "
+             f"{result.get('method') or result['variant']}"
              f"  (trainable {result['params']['trainable']:,} of {result['params']['total']:,} parameters)"]
     best = result.get("best")
     if best:
@@ -54,7 +55,8 @@ def summary(result: dict, path) -> str:
     t, m = result["time"], result["memory"]
     peak = m.get("peak_allocated_bytes") if m.get("device") == "cuda" else m.get("peak_rss_bytes")
     what = "peak CUDA allocated" if m.get("device") == "cuda" else "peak RSS"
-    lines.append(f"train {t['train_s']:.1f} s ({t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s), "
-                 f"eval {t['eval_s']:.1f} s, {what} {format_bytes(peak)}")
+    rates = (f" ({t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s)"
+             if t.get("examples_per_s") is not None and t.get("tokens_per_s") is not None else "")
+    lines.append(f"train {t['train_s']:.1f} s{rates}, eval {t['eval_s']:.1f} s, {what} {format_bytes(peak)}")
     lines.append(f"result: {path}")
     return "\n".join(lines)

@@ -97,12 +97,6 @@ class Federation:
         sampler = ShuffledBatches(lengths, self.cfg.batch_size, seed=seed, group_by_length=self.cfg.group_by_length)
         return DataLoader(Subset(self.train_ds, idx), batch_sampler=sampler, collate_fn=self.collate)
 
-    def probe_loader(self, client: int) -> DataLoader:
-        """The client's first batch of examples: ``fit`` evaluates something each epoch (its checks
-        read it); the global dev set is evaluated by the server, not by the clients."""
-        idx = self.parts[client][: self.cfg.batch_size]
-        return DataLoader(Subset(self.train_ds, idx), batch_size=len(idx), shuffle=False, collate_fn=self.collate)
-
     def client_config(self, seed: int) -> RunConfig:
         return dataclasses.replace(self.cfg, epochs=float(self.settings.local_epochs), seed=seed, quiet=True)
 
@@ -139,8 +133,26 @@ def load(cfg: RunConfig, settings: FedSettings):
     return task, model, train_loader.dataset, train_loader.collate_fn, dev
 
 
+class Diverged(Exception):
+    """A client's update or the aggregated global model diverged in a round (``simulate`` records it)."""
+
+
+def global_divergence(fed: Federation, metrics: dict, task) -> str | None:
+    """Why the global model after a round is diverged: non-finite factors or head, or a non-finite dev metric."""
+    bad = [n for n, (B, A) in fed.global_factors.items() if not (torch.isfinite(B).all() and torch.isfinite(A).all())]
+    bad += [n for n, t in fed.global_head.items() if not torch.isfinite(t).all()]
+    if bad:
+        return f"the global model's tensors became non-finite ({', '.join(bad[:3])})"
+    value = next(iter(metrics.values()), {}).get(task.primary_metric)
+    if value is None or not np.isfinite(value):
+        return f"the global model's dev {task.primary_metric} is {value}"
+    return None
+
+
 def run_round(fed: Federation, method: Aggregation, task, dev: dict) -> dict[str, Any]:
-    """One round: sampled clients train in turn, the server aggregates, the global model is evaluated."""
+    """One round: sampled clients train in turn, the server aggregates, the global model is evaluated.
+    Raises ``Diverged`` (naming the round and the client) when a client's training or the global
+    model diverges: the round's partial record is its ``record`` attribute."""
     s, t = fed.settings, fed.round_index
     started = time.perf_counter()
     picked = sample_clients(s.clients, s.fraction, t, fed.cfg.seed)
@@ -154,11 +166,12 @@ def run_round(fed: Federation, method: Aggregation, task, dev: dict) -> dict[str
         loader = fed.client_loader(k, seed)
         fed.set_head(fed.global_head)
         method.begin_client(fed, k, loader)
-        summary = fit(fed.model, loader, {"client": fed.probe_loader(k)}, task, fed.client_config(seed), progress=False)
-        # fit also reads a constant prediction on the probe batch as divergence; under label skew a
-        # client may hold one class (MCC / Pearson undefined), so only a diverged loss stops the run
-        if summary["status"] != "ok" and not str(summary["error"]).startswith("dev "):
-            raise RuntimeError(f"client {k} in round {t + 1}: {summary['status']}: {summary['error']}")
+        # no dev set on a client: the server evaluates the global model; fit's checks (loss, tensors) still run
+        summary = fit(fed.model, loader, {}, task, fed.client_config(seed), progress=False)
+        if summary["status"] != "ok":
+            error = Diverged(f"client {k} in round {t + 1}: {summary['error']}")
+            error.record = {"round": t + 1, "client": k, "clients": picked}
+            raise error
         factors = method.end_client(fed, k)
         uploads.append(factors)
         heads.append(fed.get_head())
@@ -171,14 +184,28 @@ def run_round(fed: Federation, method: Aggregation, task, dev: dict) -> dict[str
     fed.global_head = {n: weighted_mean([h[n] for h in heads], p).to(fed.global_head[n].dtype) for n in heads[0]}
     method.load_global(fed)
     fed.set_head(fed.global_head)
+    evaluated = time.perf_counter()
     metrics = evaluate_global(fed.model, dev, task)
-    return {"round": t + 1, "clients": picked, "sizes": sizes, "weights": p, "metrics": metrics, "bytes_up": up,
-            "bytes_down": down * len(picked), "aggregation_error": error,
-            "train_loss": float(np.mean(losses)) if losses else None, "time_s": time.perf_counter() - started}
+    done = time.perf_counter()
+    record = {"round": t + 1, "clients": picked, "sizes": sizes, "weights": p, "metrics": metrics, "bytes_up": up,
+              "bytes_down": down * len(picked), "aggregation_error": error,
+              "train_loss": float(np.mean(losses)) if losses else None, "time_s": done - started,
+              "eval_s": done - evaluated}
+    why = global_divergence(fed, metrics, task)
+    if why is not None:
+        failed = Diverged(f"{why} after round {t + 1}")
+        failed.record = record
+        raise failed
+    return record
 
 
-def simulate(cfg: RunConfig, settings: FedSettings, *, progress: bool = True) -> dict[str, Any]:
-    """The federated run's record (without the schema header; see ``commands/federate.py``)."""
+HEADS = "the classification head is trained by every client and averaged with FedAvg (example-count weights) in every method"
+
+
+def simulate(cfg: RunConfig, settings: FedSettings, *, progress: bool = True, keep_model: bool = False) -> dict[str, Any]:
+    """The federated run's record (``details`` of its result envelope; ``federated.recipe``): with
+    "status" ("ok" or "diverged"), "error" and "diverged_at" ({round, client} or the round's record
+    when the global model diverged), the rounds before a divergence kept."""
     method = settings.aggregation()
     task, model, train_ds, collate, dev = load(cfg, settings)
     labels = train_ds.labels.tolist()
@@ -187,10 +214,19 @@ def simulate(cfg: RunConfig, settings: FedSettings, *, progress: bool = True) ->
     record = {"split": {"sizes": [len(q) for q in parts], "label_histograms": label_histograms(labels, parts)},
               "rank": fed.rank, "scale": fed.scale, "head_tensors": sorted(fed.head_params),
               "initial": {"metrics": evaluate_global(model, dev, task)}, "rounds": []}
+    record["status"], record["error"], record["diverged_at"] = "ok", None, None
     for t in tqdm(range(settings.rounds), disable=not progress, desc=f"federate {settings.method}", unit="round"):
         fed.round_index = t
-        record["rounds"].append(run_round(fed, method, task, dev))
-    record["final"] = {"metrics": record["rounds"][-1]["metrics"]}
+        try:
+            record["rounds"].append(run_round(fed, method, task, dev))
+        except Diverged as e:  # stop: the rounds before it are kept, the result says where it went wrong
+            record["status"], record["error"] = "diverged", f"{e}; lower the learning rate"
+            record["diverged_at"] = e.record
+            break
+    last = record["rounds"][-1] if record["rounds"] else None
+    record["final"] = {"metrics": last["metrics"] if last else {}}
     record["bytes"] = {"up": sum(r["bytes_up"] for r in record["rounds"]),
                        "down": sum(r["bytes_down"] for r in record["rounds"])}
+    if keep_model:  # the trained global model (for its parameter counts), not JSON
+        record["model"] = model
     return record

@@ -40,6 +40,8 @@ def unpackable(cfg: Any) -> str | None:
     for bad, why in reasons:
         if bad:
             return why
+    if cfg.kind != "run":
+        return f"kind {cfg.kind} runs its own loop"
     why = registry.get(cfg.variant).unpackable()
     return f"variant {cfg.variant}: {why}" if why else None
 

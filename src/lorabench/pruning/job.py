@@ -43,6 +43,7 @@ class Job:
     block_params: int  # parameters of their prunable linear layers (full model)
     keep_first: int | None = None  # blocks kept whole at the start (None: int(0.1 L), official LoRAPrune)
     keep_last: int = 1  # ... and at the end (official LoRAPrune: the last layer)
+    trainable: int | None = None  # parameters the last ``fit`` trained (the adapter and head)
 
     @property
     def targets(self) -> Any:
@@ -66,6 +67,7 @@ class Job:
 
     def fit(self, model: nn.Module, before_step: Callable[[nn.Module, int, int], None] | None = None) -> dict:
         """``train.fit`` of the adapted ``model`` on the job's data (with LoRAPrune's per-step hook)."""
+        self.trainable = inject.count_parameters(model)[0]
         return train.fit(model, self.train_loader, self.dev_loaders, self.task, self.cfg, progress=not self.cfg.quiet,
                          before_step=before_step)
 

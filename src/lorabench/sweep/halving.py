@@ -38,7 +38,8 @@ FAILED = -math.inf
 
 
 def _groups(sweep: Sweep) -> tuple[list[Any], dict[tuple, dict[str, dict[Any, PlannedRun]]]]:
-    """(seeds in plan order, {(model, task, variant): {configuration key: {seed: run}}})."""
+    """(seeds in plan order, {(model, task, method): {configuration key: {seed: run}}}); the method is
+    the variant, or a scenario's label (two federated aggregations are two methods)."""
     seeds: list[Any] = []
     groups: dict[tuple, dict[str, dict[Any, PlannedRun]]] = {}
     for run in sweep.runs:
@@ -46,7 +47,7 @@ def _groups(sweep: Sweep) -> tuple[list[Any], dict[tuple, dict[str, dict[Any, Pl
         if c.seed not in seeds:
             seeds.append(c.seed)
         config = results.canonical({k: v for k, v in c.resolved().items() if k != "seed"})
-        groups.setdefault((c.model, c.task, c.variant), {}).setdefault(config, {})[c.seed] = run
+        groups.setdefault((c.model, c.task, c.method()), {}).setdefault(config, {})[c.seed] = run
     return seeds, groups
 
 

@@ -179,7 +179,7 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
                 done_est = sum(estimates[:i])
                 factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
                 c = unit[0].config
-                bar.set_description_str(f"{c.variant} {c.task} seed {c.seed}" if len(unit) == 1
+                bar.set_description_str(f"{c.method()} {c.task} seed {c.seed}" if len(unit) == 1
                                         else f"pack of {len(unit)} ({c.task})")
                 bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
                 t0 = time.perf_counter()

@@ -10,6 +10,8 @@
       sst2: {epochs: 60, lr: 5.0e-4}
     variants:                          # one block per method; every list in a block is a grid
       lora:      {lr: [5e-4, 1e-3], r: [8]}
+      fed-ffa:   {kind: federated, scenario: {method: ffa_lora, beta: [0.5, inf], clients: 4}}  # a scenario
+      prune-lp:  {kind: prune, scenario: {method: loraprune, sparsity: [0.25, 0.5]}}             # kind
       dora:      {lr: [5e-4, 1e-3]}
       lora_plus: {lr: [2e-4], options: {lr_ratio: [4, 16]}}
       qlora:     {optional: true, lr: [2e-4]}   # skipped with a warning unless registered
@@ -20,7 +22,9 @@ Rules. Under ``variants`` every YAML list is a grid and its items are the candid
 (so a list-valued field needs a list of lists: ``targets: [[query, value], all-linear]``); a
 scalar is a one-value grid; ``options`` holds one grid per variant option. ``base`` and
 ``task_overrides`` hold plain values. Precedence, lowest first: RunConfig defaults < base <
-task_overrides[task] < the variant grid point < CLI flags. ``optional: true`` skips a block with a
+task_overrides[task] < the variant grid point < CLI flags. A block of a scenario ``kind`` (``lorabench.kinds``)
+names no variant (its kind decides it) and grids over ``scenario`` as over ``options``; its runs are
+planned, seeded, halved and resumed like any run, and each is one row of the report (its label). ``optional: true`` skips a block with a
 warning when its variant is not registered or its runs do not validate. Unknown keys at any level
 and empty grids are errors, and every expanded run goes through ``RunConfig.from_dict`` before
 anything runs. Order: seed, model, task, variant, grid point -- a sweep stopped half-way already
@@ -147,14 +151,16 @@ def _axis(where: str, value: Any) -> list:
 
 
 def _grid_axes(where: str, block: dict) -> list[tuple[tuple[str, ...], list]]:
-    """[(path, candidates)] where path is (field,) or ("options", name)."""
+    """[(path, candidates)] where path is (field,), ("options", name) or ("scenario", name)."""
     axes = []
     for key, value in block.items():
         if key in BLOCK_META_KEYS:
             continue
-        if key == "options":
-            opts = _check_keys(f"{where}.options", value, list(value or {}))
-            axes += [(("options", k), _axis(f"{where}.options.{k}", v)) for k, v in opts.items()]
+        if key == "kind" and isinstance(value, list):
+            raise SweepError(f"{where}.kind cannot be a grid; one kind per block (run, federated, prune)")
+        if key in ("options", "scenario"):
+            opts = _check_keys(f"{where}.{key}", value, list(value or {}))
+            axes += [((key, k), _axis(f"{where}.{key}.{k}", v)) for k, v in opts.items()]
         else:
             axes.append(((key,), _axis(f"{where}.{key}", value)))
     return axes
@@ -228,11 +234,17 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
                 d = dict(base)
                 task_over = dict(per_task.get(task_key(task), {}))
                 opts = {**base_opts, **(task_over.pop("options", None) or {})}
+                scenario = dict(base.get("scenario") or {})
                 d.update(task_over)
                 d.update({path[0]: v for path, v in point.items() if len(path) == 1})
-                opts.update({path[1]: v for path, v in point.items() if len(path) == 2})
+                opts.update({path[1]: v for path, v in point.items() if path[0] == "options"})
+                scenario.update({path[1]: v for path, v in point.items() if path[0] == "scenario"})
                 d.update(overrides)
-                d.update(model=model, task=task, seed=seed, options=opts, out=str(out), variant=label)
+                d.update(model=model, task=task, seed=seed, options=opts, out=str(out))
+                if scenario:
+                    d["scenario"] = scenario
+                if d.get("kind", "run") == "run":  # a plain run's block is named after its variant;
+                    d["variant"] = label  # a scenario block's label is free (its kind sets the variant)
                 try:
                     cfg = config_cls.from_dict(d)
                 except ConfigError as e:
