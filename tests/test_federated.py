@@ -30,7 +30,7 @@ from lorabench.federated.fedsmooth import (
 from lorabench.federated.lora_fair import cosine_correction
 from lorabench.federated.plot import curves, plot_rounds
 from lorabench.federated.simulate import aggregation_error, nbytes
-from lorabench.federated.table import round_table, summary_table
+from lorabench.federated.table import read_records, round_table, summary_table
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -178,8 +178,10 @@ def test_tables_come_from_the_records():
                 "rounds": rounds, "bytes": {"up": 2**20, "down": 2**21}}
     t = round_table([rec("fedavg", [0.6, 0.7]), rec("ffa_lora", [0.65])])
     assert t.rows == [["0", "50.00", "50.00"], ["1", "60.00", "65.00"], ["2", "70.00", "—"]]
-    s = summary_table([rec("fedavg", [0.8, 0.7])])
-    assert s.rows[0][4:] == ["70.00", "80.00", "1.00", "2.00", "0.5"]
+    s = summary_table([rec("fedavg", [0.8, 0.7])])  # the last round: none is picked on the dev split it reports
+    assert s.rows[0][1] == "ok" and s.rows[0][4:] == ["2/2", "70.00", "1.00", "2.00", "0.5"]
+    bad = summary_table([{**rec("fedavg", [0.8]), "status": "diverged"}])
+    assert bad.rows[0][1] == "diverged" and bad.rows[0][5] == "(diverged)"  # never shown as a number
 
 
 def test_round_curves_plot_the_records(tmp_path):
@@ -206,7 +208,7 @@ BASE = ["federate", "--model", "minilm", "--layers", "2", "--task", "sst2", "--t
 def test_bad_input_errors_before_compute(extra, needle, tmp_path, monkeypatch):
     def no_compute(*a, **k):
         raise AssertionError("simulate ran")
-    monkeypatch.setattr(federate, "simulate", no_compute)
+    monkeypatch.setattr(federate.run, "execute", no_compute)
     with pytest.raises(ConfigError, match=needle):
         cli([*BASE, "--method", "fedavg", *extra, "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
@@ -218,8 +220,14 @@ def test_federate_end_to_end_writes_a_valid_json(method, tmp_path):
     out = tmp_path / method
     assert cli([*BASE, "--method", method, "--clients", "2", "--beta", "0.5", "--rounds", "2", "--fraction", "1",
                 "--out", str(out)]) == 0
-    r = json.loads((out / "federated.json").read_text())
-    assert r["schema"] == "lorabench-federated" and r["schema_version"] == 1 and r["method"] == method
+    [path] = out.glob("run-*.json")  # the kind federated result envelope
+    envelope = json.loads(path.read_text())
+    assert envelope["schema"] == "lorabench-run" and envelope["kind"] == "federated" and envelope["status"] == "ok"
+    assert envelope["method"] == f"federated:{method} (beta 0.5)" and envelope["metric"]["selected_on"] == "last"
+    assert envelope["run_id"] == path.stem[4:] and envelope["final"]["metrics"] == envelope["details"]["rounds"][-1]["metrics"]
+    assert envelope["time"]["train_s"] > 0 and envelope["memory"]["peak_rss_bytes"] > 0
+    [r] = read_records([str(out)])
+    assert r["method"] == method
     assert r["federated"] == {"method": method, "clients": 2, "beta": 0.5, "rounds": 2, "local_epochs": 1.0,
                               "fraction": 1.0}
     assert sum(r["split"]["sizes"]) == 32 and [sum(h) for h in r["split"]["label_histograms"]] == r["split"]["sizes"]
@@ -239,6 +247,9 @@ def test_federate_end_to_end_writes_a_valid_json(method, tmp_path):
         assert [x["bytes_down"] for x in r["rounds"]] == [2 * head, 2 * (2 * factor + head)]
         assert all(x["aggregation_error"] > 0 for x in r["rounds"])
     assert r["bytes"] == {"up": sum(x["bytes_up"] for x in r["rounds"]), "down": sum(x["bytes_down"] for x in r["rounds"])}
-    assert cli(["federate", "--table", str(out / "federated.json")]) == 0
-    assert cli(["federate", "--table", str(out / "federated.json"), "--out", str(tmp_path / "t" / "fed.md")]) == 0
+    assert cli(["federate", "--table", str(path)]) == 0
+    with pytest.raises(ConfigError, match="would overwrite the input"):  # an input is never written
+        cli(["federate", "--table", str(path), "--out", str(path)])
+    assert json.loads(path.read_text()) == envelope
+    assert cli(["federate", "--table", str(path), "--out", str(tmp_path / "t" / "fed.md")]) == 0
     assert (tmp_path / "t" / "fed.md").is_file() and (tmp_path / "t" / "rounds-minilm-sst2.png").is_file()

@@ -258,10 +258,17 @@ def test_the_command_prunes_minilm_and_writes_valid_results(tmp_path, capsys):
                 "--layers", "2", "--task", "sst2", "--train-limit", "32", "--eval-limit", "32", "--max-length", "32",
                 "--batch-size", "8", "--epochs", "1", "--r", "4", "--data-dir", str(GLUE), "--quiet",
                 "--out", str(out)]) == 0
-    records = {p.name: json.loads(p.read_text()) for p in out.glob("prune-*.json")}
+    envelopes = [json.loads(p.read_text()) for p in out.glob("run-*.json")]  # one kind prune run each
+    assert all(e["kind"] == "prune" and e["status"] == "ok" and e["metric"]["selected_on"] == "last" for e in envelopes)
+    assert sorted(e["method"] for e in envelopes) == ["prune:lora", "prune:loram@0.5", "prune:loraprune@0.5"]
+    assert all(e["time"]["train_s"] > 0 and e["memory"]["peak_rss_bytes"] > 0 for e in envelopes)
+    records = {f"prune-{e['details']['method']}-s{e['details']['target_sparsity']:g}.json": e["details"]
+               for e in envelopes}
     assert set(records) == {"prune-lora-s0.json", "prune-loraprune-s0.5.json", "prune-loram-s0.5.json"}
-    for r in records.values():
+    for e in envelopes:
+        r = e["details"]
         assert r["schema"] == "lorabench-prune" and r["schema_version"] == 1
+        assert e["final"]["metrics"] == r["dev"] and e["params"]["total"] == r["params"]["inference"]
         assert 0.0 <= r["metric"]["value"] <= 1.0 and r["time"]["train_s"] > 0 and r["time"]["eval_s_full"] > 0
     lp, lm, base = (records[f"prune-{n}.json"] for n in ("loraprune-s0.5", "loram-s0.5", "lora-s0"))
     # MiniLM: 12 heads, 1536 channels; 2 layers, the last kept whole: layer 0 loses 6 heads, 768 channels
@@ -275,4 +282,4 @@ def test_the_command_prunes_minilm_and_writes_valid_results(tmp_path, capsys):
     assert lm["memory"]["train_weights_bytes"] < lm["memory"]["inference_weights_bytes"]
     assert base["target_sparsity"] == 0 and base["sparsity"]["achieved"] == 0
     table = (out / "prune.md").read_text()
-    assert "| loraprune | 0.5 |" in table and "| lora | 0 |" in table and "| loram | 0.5 |" in table
+    assert "| loraprune | ok | 0 | 0.5 |" in table and "| lora | ok | 0 | 0 |" in table and "| loram | ok | 0 | 0.5 |" in table

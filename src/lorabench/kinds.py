@@ -30,7 +30,7 @@ _ONE_PROCESS = "the scenario runs in one process; drop it"
 REFUSES: dict[str, dict[str, str]] = {
     "run": {},
     "federated": {
-        "head": "clients train a classification head (head cls)", "regularizer": "not a federated setting",
+        "head": "clients train a classification head; use --head cls", "regularizer": "not a federated setting",
         "num_processes": _ONE_PROCESS, "memory_budget": "clients run without a memory planner; drop it",
         "quantize": "the federated model keeps full-precision weights; drop it",
         "grad_checkpointing": "not wired into the client updates; drop it",
@@ -40,7 +40,7 @@ REFUSES: dict[str, dict[str, str]] = {
         "log_with": "a federated run writes no tracker files yet; drop it",
     },
     "prune": {
-        "head": "pruning needs an encoder with a classification head (head cls)",
+        "head": "pruning needs an encoder with a classification head; use --head cls",
         "regularizer": "not a pruning setting", "num_processes": _ONE_PROCESS,
         "quantize": "pruning needs full-precision weights; drop it",
         "memory_budget": "the pruning job has no memory planner; drop it",
@@ -99,7 +99,8 @@ def resolve(cfg: Any, defaults: dict[str, Any]) -> None:
         return
     for name, why in REFUSES[cfg.kind].items():
         if getattr(cfg, name) != defaults[name]:
-            raise ConfigError(f"kind {cfg.kind} does not take {name}={getattr(cfg, name)!r}: {why}")
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"kind {cfg.kind} does not take {flag} {getattr(cfg, name)!r} ({name} in a file): {why}")
     made = settings(cfg)
     if cfg.kind == "federated":
         from .federated import registry as fed

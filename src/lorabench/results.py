@@ -186,6 +186,16 @@ def check_writable(folder: str | os.PathLike) -> None:
                 pass
 
 
+def refuse_overwriting_inputs(out: str | os.PathLike, inputs: list) -> None:
+    """A command never writes over a file the user passed it as input (ConfigError naming both)."""
+    target = Path(out).resolve()
+    for given in inputs:
+        p = Path(given).resolve()
+        if target == p:
+            raise ConfigError(f"--out {out} would overwrite the input {given}; write the output elsewhere, "
+                              "e.g. --out tables.md")
+
+
 def file_mode() -> int:
     """The mode ``open()`` gives a new file (0666 less the umask): ``mkstemp`` makes its
     temporary files 0600, and a result folder shared by a team must stay readable."""

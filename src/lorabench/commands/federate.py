@@ -13,49 +13,41 @@ with FedAvg in every method. Run flags are ``lorabench train``'s (model, task, r
 train / eval limits, seed ...); ``--config`` takes a YAML of them with a ``federated:`` mapping
 (clients, beta, rounds, local_epochs, fraction, method, options), or a preset name.
 
-OUT/federated.json: schema "lorabench-federated", schema_version 1, method, options (the
-method's), federated {method, clients, beta ("inf" for IID), rounds, local_epochs, fraction},
-config (the resolved run config; epochs = local_epochs, variant = the method's), task, model,
-primary_metric, heads (how heads are aggregated), split {sizes, label_histograms}, rank, scale,
-head_tensors, initial {metrics}, rounds [{round, clients, sizes, weights, metrics {split: {metric}},
-bytes_up, bytes_down, aggregation_error, train_loss, time_s}], final {metrics}, bytes {up, down},
-time_s, lorabench_version, created_at. OUT/federated.md: the round and summary tables.
+A federated run is a run of kind ``federated`` (``lorabench.kinds``): the same as ``lorabench train
+--kind federated --scenario method=M ...``, and a sweep block ``{kind: federated, scenario: {...}}``.
+OUT/run-<id>.json: the result envelope (``lorabench.results``; id over config and data, so runs
+of other methods, seeds or tasks sit side by side and a rerun never replaces another's result)
+with the simulation under ``details`` (``federated.recipe``): split {sizes, label_histograms},
+rank, scale, head_tensors, initial {metrics}, rounds [{round, clients, sizes, weights, metrics,
+bytes_up, bytes_down, aggregation_error, train_loss, time_s, eval_s}], bytes {up, down}, status,
+diverged_at. OUT/federated.md: the round and summary tables of every federated run in OUT.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import models, results
-from .._version import __version__
+from .. import models, results, run
 from ..config import RunConfig
-from ..data import get_task
 from ..errors import ConfigError
 from ..federated import registry as methods
 from ..federated.plot import plot_rounds
 from ..federated.settings import FedSettings, parse_beta
-from ..federated.simulate import simulate
-from ..federated.table import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    read_records,
-    round_table,
-    summary_table,
-)
+from ..federated.table import read_records, round_table, summary_table
 from ..tables import to_markdown
 from ..yamlio import load_yaml
 from .args import add_config_flags, parse_opts
 
-#: RunConfig fields a federated run does not take (epochs: --local-epochs; variant: the method's).
-EXCLUDED = ("variant", "epochs", "head", "regularizer", "num_processes", "save_adapter", "val_size", "quantize",
-            "memory_budget", "log_with", "logging_dir", "tracker_group", "eval_every", "grad_checkpointing")
+#: RunConfig fields a federated run does not take (epochs: --local-epochs; variant: the method's;
+#: kind and scenario: this command's own flags; the rest: ``kinds.REFUSES``).
+EXCLUDED = ("variant", "epochs", "kind", "scenario", "head", "regularizer", "num_processes", "save_adapter",
+            "val_size", "quantize", "memory_budget", "log_with", "logging_dir", "tracker_group", "eval_every",
+            "grad_checkpointing")
 FED_FIELDS = ("method", "clients", "beta", "rounds", "local_epochs", "fraction", "options")
-HEADS = "the classification head is trained by every client and averaged with FedAvg (example-count weights) in every method"
-
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("federate", help="federated LoRA in one process: N clients, R rounds, one aggregation",
@@ -116,8 +108,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunConfig, FedSettings
         if key in data:
             raise ConfigError(f"{key} is not a federated run setting ({'--local-epochs' if key == 'epochs' else 'set by the method'}); "
                               "remove it from the config")
-    data["variant"] = methods.get(settings.method).variant
-    data["epochs"] = float(settings.local_epochs)  # each client's fit: E local epochs per round
+    data["kind"], data["scenario"] = "federated", fed  # the variant and epochs follow (``kinds.resolve``)
     cfg = RunConfig.from_dict(data)
     if cfg.train_limit is not None and settings.clients > cfg.train_limit:
         raise ConfigError(f"--clients {settings.clients} is more than --train-limit {cfg.train_limit} examples: every "
@@ -145,24 +136,20 @@ def write_tables(records: list[dict], out: Path | None, plot: bool = False) -> s
 def cmd_federate(args: argparse.Namespace) -> int:
     if getattr(args, "table", None):
         out = getattr(args, "out", None)
+        if out is not None:
+            results.refuse_overwriting_inputs(out, args.table)
         print(write_tables(read_records(args.table), Path(out) if out else None, plot=True), end="")
         return 0
-    cfg, settings = settings_from_args(args)
+    cfg, _ = settings_from_args(args)
     if not getattr(args, "debug", False):
         models.quiet_transformers()
     out = Path(cfg.out)
-    results.check_writable(out)
-    started, t0 = results.now(), time.perf_counter()
-    record = simulate(cfg, settings, progress=not cfg.quiet)
-    options = settings.method_options()
-    record = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "method": settings.method,
-              "options": dict(vars(options)), "federated": settings.record(), "config": cfg.resolved(),
-              "task": cfg.task, "model": cfg.model, "primary_metric": get_task(cfg.task).primary_metric,
-              "heads": HEADS, **record, "time_s": time.perf_counter() - t0, "started_at": started,
-              "lorabench_version": __version__, "created_at": results.now()}
-    results.write_json_atomic(out / "federated.json", record)
-    print(write_tables([record], out / "federated.md"), end="")
-    print(f"result: {out / 'federated.json'}")
+    result = run.execute(cfg, progress=not cfg.quiet)  # OUT/run-<id>.json, the kind federated envelope
+    print(write_tables(read_records([str(out)]), out / "federated.md"), end="")
+    print(f"result: {results.result_path(out, result['run_id'])}")
+    if result["status"] != "ok":
+        print(f"error: run {result['status']}: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

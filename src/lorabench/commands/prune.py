@@ -11,8 +11,12 @@ trains LoRA on a pruned copy of the base and evaluates the recovered adapter on 
 flags are ``lorabench train``'s (model, task, rank, lr, data, ...; variant lora only). LoRA
 targets default to every linear layer of each encoder layer.
 
-DIR/prune-<method>-s<sparsity>.json: schema "lorabench-prune" (``lorabench.pruning.record``);
-DIR/prune.md: the table of every prune-*.json in DIR (a later call adds its rows).
+Each (method, sparsity) is a run of kind ``prune`` (``lorabench.kinds``; the same as ``lorabench
+train --kind prune --scenario method=M --scenario sparsity=S``, or a sweep block ``{kind: prune,
+scenario: {...}}``): DIR/run-<id>.json is its result envelope (``lorabench.results``; the id covers
+config and data, so runs on other tasks or seeds never replace each other), with the pruning record
+(``lorabench.pruning.record``) under ``details``. DIR/prune.md: the table of every prune run in DIR
+(a later call adds its rows), with each run's status.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import models, results
-from ..errors import ConfigError
-from ..pruning import job as jobs
+import dataclasses
+import sys
+
+from .. import models, results, run
+from ..config import RunConfig
+from ..errors import ConfigError, RunFailed
 from ..pruning import lora, loram, loraprune  # noqa: F401  (register the methods)
 from ..pruning import registry as methods
-from ..pruning.record import file_name, make_record, prune_table, read_records
+from ..pruning.record import prune_table, read_records
 from ..tables import to_markdown
 from .args import add_config_flags, config_from_args, parse_opts
 
@@ -46,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="encoder layers left whole at the start [int(0.1 L), official LoRAPrune]")
     g.add_argument("--keep-last", type=int, default=1, metavar="N", help="... and at the end [1]")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of RunConfig fields (flags override it)")
-    add_config_flags(p, exclude=("variant",))
+    add_config_flags(p, exclude=("variant", "kind", "scenario"))
     p.set_defaults(func=cmd_prune)
     return p
 
@@ -61,25 +68,46 @@ def method_options(names: list[str], given: dict) -> dict[str, Any]:
     return {n: methods.get(n).make_options(**given) for n in names}
 
 
+def run_configs(args: argparse.Namespace) -> list[RunConfig]:
+    """One ``kind: prune`` config per (method, sparsity), every one validated before any training;
+    a sparsity given twice is one run."""
+    names = list(dict.fromkeys(methods.get(n).name for n in args.method))
+    given = parse_opts(args.prune_opt)
+    method_options(names, given)  # an option no chosen method has: refused here
+    cfg = config_from_args(args)
+    sparsities = list(dict.fromkeys(float(s) for s in args.sparsity))
+    configs = []
+    for name in names:
+        own = {k: v for k, v in given.items() if k in methods.get(name).option_names()}
+        for sparsity in (sparsities if methods.get(name).prunes else [0.0]):
+            scenario = {"method": name, "sparsity": sparsity, "keep_first": args.keep_first,
+                        "keep_last": args.keep_last, "options": own}
+            configs.append(RunConfig.from_dict({**cfg.to_dict(), "kind": "prune", "scenario": scenario}))
+    return configs
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     if not getattr(args, "debug", False):
         models.quiet_transformers()
-    names = list(dict.fromkeys(methods.get(n).name for n in args.method))
-    options = method_options(names, parse_opts(args.prune_opt))
-    cfg = config_from_args(args)
-    out = Path(cfg.out)
+    configs = run_configs(args)
+    out = Path(configs[0].out)
     results.check_writable(out)
-    runs = [(n, s) for n in names for s in (args.sparsity if methods.get(n).prunes else [0.0])]
-    job = jobs.prepare_job(cfg, [s for _, s in runs], keep_first=args.keep_first, keep_last=args.keep_last)
-    for name, sparsity in runs:
-        opts = options[name]
-        outcome = methods.get(name)().run(job, opts, sparsity)
-        record = make_record(name, dict(vars(opts)), sparsity, job, outcome)
-        path = results.write_json_atomic(out / file_name(name, sparsity), record)
-        m = record["metric"]
-        print(f"{name} sparsity {sparsity:g}: {m['split']} {m['name']} {m['value']:.4f}, params "
-              f"{record['sparsity']['params_before']:,} -> {record['sparsity']['params_after']:,} ({path})")
+    failed = 0
+    for cfg in configs:
+        try:
+            result = run.execute(dataclasses.replace(cfg), progress=not cfg.quiet)
+        except RunFailed as e:  # its result is written; the other runs go on
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        s, d = cfg.scenario, result.get("details") or {}
+        value = results.metric_of(result, "final")[0]
+        shown = f"{value:.4f}" if result["status"] == "ok" and value is not None else result["status"]
+        print(f"{s['method']} sparsity {s['sparsity']:g}: {result['primary_metric']} {shown}, params "
+              f"{d.get('sparsity', {}).get('params_before', 0):,} -> {d.get('sparsity', {}).get('params_after', 0):,} "
+              f"({results.result_path(out, result['run_id'])})")
+        failed += result["status"] != "ok"
     table = to_markdown(prune_table(read_records(out)))
     (out / "prune.md").write_text(table + "\n")
     print(table)
-    return 0
+    return 1 if failed else 0

@@ -220,7 +220,8 @@ def simulate(cfg: RunConfig, settings: FedSettings, *, progress: bool = True, ke
         try:
             record["rounds"].append(run_round(fed, method, task, dev))
         except Diverged as e:  # stop: the rounds before it are kept, the result says where it went wrong
-            record["status"], record["error"] = "diverged", f"{e}; lower the learning rate"
+            why = str(e)
+            record["status"], record["error"] = "diverged", why if "learning rate" in why else f"{why}; lower the learning rate"
             record["diverged_at"] = e.record
             break
     last = record["rounds"][-1] if record["rounds"] else None

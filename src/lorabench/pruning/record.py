@@ -74,13 +74,23 @@ def make_record(method: str, options: dict, sparsity: float, job: Any, outcome: 
 
 
 def read_records(folder: str | Path) -> list[dict]:
-    """Every prune-*.json of ``folder`` with the lorabench-prune schema, by method then sparsity."""
+    """Every prune record of ``folder``, by method, sparsity then seed: the ``details`` of its
+    ``kind: prune`` run results (with their status) and the prune-*.json of earlier versions."""
     out = []
-    for path in sorted(Path(folder).glob("prune-*.json")):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            out.append(data)
-    return sorted(out, key=lambda r: (r["method"] != "lora", r["method"], r["target_sparsity"]))
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if data.get("schema") == SCHEMA:
+            out.append({**data, "status": "ok", "seed": data.get("config", {}).get("seed", 0)})
+        elif data.get("schema") == "lorabench-run" and data.get("kind") == "prune" and isinstance(data.get("details"), dict):
+            out.append({**data["details"], "status": data["status"], "seed": data["seed"], "run_id": data["run_id"]})
+    return sorted(out, key=lambda r: (r["method"] != "lora", r["method"], r["target_sparsity"], r["seed"]))
 
 
 def _mib(n: int | None) -> str:
@@ -96,17 +106,20 @@ def prune_table(records: list[dict]) -> Table:
     rows = []
     for r in records:
         sp, m, t, mem = r["sparsity"], r["metric"], r["time"], r["memory"]
-        rows.append([r["method"], f"{r['target_sparsity']:g}", f"{100 * sp['block_achieved']:.1f}",
+        status = r.get("status", "ok")
+        value = f"{100 * m['value']:.2f}" if status == "ok" and m["value"] is not None else f"({status})"
+        rows.append([r["method"], status, str(r.get("seed", 0)), f"{r['target_sparsity']:g}",
+                     f"{100 * sp['block_achieved']:.1f}",
                      f"{100 * sp['achieved']:.1f}", f"{r['params']['train_base'] / 1e6:.2f}",
-                     f"{r['params']['inference'] / 1e6:.2f}", f"{100 * m['value']:.2f}", _s(t["train_s"]),
+                     f"{r['params']['inference'] / 1e6:.2f}", value, _s(t["train_s"]),
                      _s(t["eval_s_pruned"]), _s(t["eval_s_full"]), _mib(mem["train_weights_bytes"]),
                      _mib(mem["inference_weights_bytes"])])
     first = records[0] if records else {"model": "?", "task": "?", "metric": {"split": "?", "name": "?"}}
     return Table(f"Pruning with adapters: {first['model']} / {first['task']}, dev metric vs sparsity",
-                 ["method", "target sparsity", "achieved (blocks) %", "achieved (model) %", "train base M params",
+                 ["method", "status", "seed", "target sparsity", "achieved (blocks) %", "achieved (model) %", "train base M params",
                   "inference M params", f"{first['metric']['split']} {first['metric']['name']}", "train s",
                   "eval s (pruned)", "eval s (full)", "train weights MiB", "inference weights MiB"], rows,
-                 note="×100; sparsity: fraction of heads and FFN channels pruned in each pruned layer; achieved: "
+                 note="×100 (a run that did not end ok shows its status, never a number); sparsity: fraction of heads and FFN channels pruned in each pruned layer; achieved: "
                       "1 - parameters after / before over the pruned layers' linear weights (blocks) and the whole "
                       "model; loraprune infers with the pruned model, loram with the full one (adapter recovered); "
                       "weights: fp32 parameter bytes of the model trained (base + adapter) and of the inference model")
