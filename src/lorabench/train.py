@@ -344,23 +344,12 @@ def score(metrics: dict, task) -> float:
 @torch.no_grad()
 def evaluate(model, loaders: dict, task, accelerator: Accelerator,
              amp: torch.dtype | None = None) -> dict[str, dict[str, float]]:
-    """Metrics of ``model`` on each dev split: {split: {metric: value}}."""
-    from .metrics import compute
+    """Metrics of ``model`` on each dev split: {split: {metric: value}} (``training.evaluate``,
+    gathered across the ranks of a data-parallel run)."""
+    from .training.evaluate import evaluate as evaluate_on
 
-    model.eval()
-    results = {}
-    for split, loader in loaders.items():
-        preds, labels = [], []
-        for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            with autocast(accelerator.device, amp):
-                logits = model(**inputs).logits.float()  # (B, num_labels)
-            gold = batch["labels"]
-            if accelerator.num_processes > 1:
-                logits, gold = accelerator.gather_for_metrics((logits, gold))
-            preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
-            labels.append(gold)
-        p, y = torch.cat(preds).cpu().tolist(), torch.cat(labels).cpu().tolist()
-        results[split] = {k: float(v) for k, v in compute(task, p, y).items()}
-    model.train()
-    return results
+    gather = None
+    if accelerator.num_processes > 1:
+        def gather(logits, gold):
+            return accelerator.gather_for_metrics((logits, gold))
+    return evaluate_on(model, loaders, task, accelerator.device, amp, gather=gather)

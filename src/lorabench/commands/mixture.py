@@ -13,25 +13,31 @@ baseline), ``lora_mixer`` and ``remix`` (``lorabench.mixtures``). Every batch is
 (``--sampling proportional`` or ``temperature``). DIR/mixture.json holds the result, DIR/mixture.md
 its tables (from the JSON).
 
-mixture.json: schema "lorabench-mixture", schema_version 1, run_id, method, router (its one-line
+mixture.json: schema "lorabench-mixture", schema_version 1, run_id, status ("ok" or "diverged"),
+error, method, router (its one-line
 description, null for lora), config (every setting), targets (adapted layers), tasks {task:
 {primary_metric, dev {split: {metric: value}}, train_batches}}, history [{epoch, step, train_loss,
 tasks}], usage (null for lora; else {overall, per_task, per_block}, each {fraction, entropy, cv,
 weight, ess, tokens}: see ``mixtures.usage``), trainable_params, total_params, train_s, steps,
-lorabench_version, created_at.
+time {train_s (evaluation excluded), eval_s, examples, tokens, rates}, memory (peaks),
+lorabench_version, created_at. A diverged run's dev metrics are null and its table row shows its
+status; a mixture is not yet a result envelope (``report`` does not read it).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from .. import models, results
 from .._version import __version__
+from ..choices import PRECISIONS
 from ..errors import ConfigError
 from ..mixtures import registry as routers
 from ..mixtures.build import build
@@ -46,7 +52,7 @@ SCHEMA, SCHEMA_VERSION = "lorabench-mixture", 1
 #: flag dest -> config field, for the flags a user may set (None: not given, the file's or default).
 FLAGS = ("tasks", "method", "model", "layers", "targets", "experts", "k", "r", "alpha", "rsl_weight", "samples",
          "experts_from", "sampling", "temperature", "train_limit", "eval_limit", "max_length", "batch_size", "lr",
-         "weight_decay", "epochs", "seed", "data_dir")
+         "weight_decay", "epochs", "seed", "data_dir", "precision")
 
 
 def _csv(text: str) -> list[str]:
@@ -82,6 +88,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help="passes over every task's training set [1]")
     p.add_argument("--seed", type=int, help="seed of data order, init and routing draws [0]")
     p.add_argument("--data-dir", help="GLUE folder [as lorabench train finds it]")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast of every forward, training and evaluation: "
+                                                            "auto is bf16 on a GPU that has it, else fp32 [auto]")
     p.add_argument("--out", metavar="DIR", help="folder for mixture.json and mixture.md")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the comparison table of these mixture.json "
                                                                "files (no training); with --out, also write DIR/table.md")
@@ -120,12 +128,17 @@ def run_record(cfg, progress: bool) -> dict:
             "run_id": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
             "method": cfg.method, "router": routers.get(cfg.method).description if cfg.routed else None,
             "config": config, "targets": built.targets,
-            "tasks": {t: {"primary_metric": built.model.specs[t].primary_metric, "dev": summary["final"][t],
+            "status": summary["status"], "error": summary["error"],
+            # a diverged run has no dev metric: NaN (null in the JSON, "nan" in the table), never a number
+            "tasks": {t: {"primary_metric": built.model.specs[t].primary_metric,
+                          "dev": summary["final"][t] if summary["status"] == "ok" else
+                          {split: {built.model.specs[t].primary_metric: math.nan} for split in built.dev[t]},
                           "train_batches": built.train.sizes[t]} for t in cfg.tasks},
             "history": summary["history"], "usage": summary["usage"],
             "trainable_params": sum(p.numel() for p in params.values() if p.requires_grad),
             "total_params": sum(p.numel() for p in params.values()),
-            "train_s": summary["train_s"], "steps": summary["steps"],
+            "train_s": summary["train_s"], "steps": summary["steps"], "time": summary["time"],
+            "memory": summary["memory"],
             "lorabench_version": __version__, "created_at": results.now()}
 
 
@@ -156,4 +169,7 @@ def cmd_mixture(args: argparse.Namespace) -> int:
     (out / "mixture.md").write_text(text + "\n")
     print(text)
     print(f"result: {out / 'mixture.json'}")
+    if record["status"] != "ok":  # written all the same; the exit code says it is not a result to use
+        print(f"error: run {record['status']}: {record['error']}", file=sys.stderr)
+        return 1
     return 0

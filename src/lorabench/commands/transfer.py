@@ -6,7 +6,8 @@ model (or another place in one model), and compare it with training there direct
 
 One subcommand per registered method (``lorabench.transfer``), its flags generated from the
 method's ``Options`` dataclass (default and help line of each field). DIR/transfer.json holds the
-result (schema "lorabench-transfer", ``lorabench.transfer.record``), DIR/transfer.md its table;
+result (schema "lorabench-transfer", ``lorabench.transfer.record``), DIR/transfer.md its table,
+where an arm whose training diverged shows its status, never a number (exit status 1 then);
 trans_lora also writes DIR/synthetic.json (seeds, every synthetic input with its p(real), kept
 flag and teacher logits) and DIR/target-adapter/; organ writes DIR/organ-at-<P>/ (organ.safetensors
 + organ.json) per position.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -78,4 +80,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     path, md = write(record, out)
     print(md)
     print(f"result: {path}")
-    return 0
+    bad = {name: arm for name, arm in record["arms"].items() if arm.get("status", "ok") != "ok"}
+    for name, arm in bad.items():  # as lorabench train: a diverged run is an error, its record still written
+        print(f"error: arm {name} {arm['status']}: {arm.get('error')}", file=sys.stderr)
+    return 1 if bad else 0

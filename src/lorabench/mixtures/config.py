@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..choices import PRECISIONS
 from ..data.glue import get_task
 from ..errors import ConfigError
 from ..yamlio import parse_yaml
@@ -53,6 +54,7 @@ class MixtureConfig:
     epochs: int = 1
     seed: int = 0
     data_dir: str | None = None
+    precision: str = "auto"  # autocast of every forward: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16
 
     @property
     def routed(self) -> bool:
@@ -72,6 +74,8 @@ class MixtureConfig:
         self.tasks = [get_task(t).name for t in self.tasks]  # unknown task: DataError with the list
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"a task is named twice in {self.tasks}; name each task once")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"unknown sampling {self.sampling!r}; choose one of: {', '.join(SAMPLINGS)}")
         for key in ("max_length", "batch_size", "epochs") + (("train_limit", "eval_limit", "layers")):

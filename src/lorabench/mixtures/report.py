@@ -30,18 +30,20 @@ def compare_table(records: list[dict]) -> Table:
         tasks += [t for t in r["tasks"] if t not in tasks]
     rows = []
     for r in records:
-        values = [primary(r, t) for t in tasks]
+        status = r.get("status", "ok")
+        values = [primary(r, t) if status == "ok" else None for t in tasks]  # a failed run shows no number
         own = [v for v in values if v is not None]
-        u = (r.get("usage") or {}).get("overall")
-        rows.append([label(r), *[f"{100 * v:.2f}" if v is not None else "" for v in values],
-                     f"{100 * sum(own) / len(own):.2f}", f"{r['trainable_params']:,}",
+        u = (r.get("usage") or {}).get("overall") if status == "ok" else None
+        shown = [f"{100 * v:.2f}" if v is not None else ("" if status == "ok" else f"({status})") for v in values]
+        rows.append([label(r), status, *shown,
+                     f"{100 * sum(own) / len(own):.2f}" if own else "", f"{r['trainable_params']:,}",
                      f"{u['entropy']:.3f}" if u else "", f"{u['cv']:.3f}" if u else "",
                      f"{u['ess']:.2f}" if u else "", " ".join(f"{f:.2f}" for f in u["fraction"]) if u else ""])
     metric = {t: records[[t in r["tasks"] for r in records].index(True)]["tasks"][t]["primary_metric"] for t in tasks}
     return Table("Multi-task LoRA mixtures: dev metric per task",
-                 ["run", *[f"{t} {metric[t]}" for t in tasks], "mean", "trainable",
+                 ["run", "status", *[f"{t} {metric[t]}" for t in tasks], "mean", "trainable",
                   "usage entropy", "usage CV", "ESS", "expert fractions"], rows,
-                 note="×100, first dev split; usage over the dev tokens of all tasks and blocks: entropy / log E "
+                 note="×100, first dev split (a run that did not end ok shows its status, never a number); usage over the dev tokens of all tasks and blocks: entropy / log E "
                       "(1 = balanced), CV of the per-expert fractions (0 = balanced), ESS = mean 1/sum g^2 "
                       "(effective experts per token)")
 

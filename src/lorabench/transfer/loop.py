@@ -3,13 +3,16 @@
 ``train`` is plain AdamW with linear warmup + decay (as ``lorabench train``) and gradient clipping over whatever parameter groups the arm trains (a LoRA's groups, a
 head, an organ), with the loss a function of (model, batch): the task loss for real data, the
 distillation loss for synthetic data. ``lorabench.train.fit`` needs an adapter on the model and a
-RunConfig, which an organ or a distillation run does not have; this loop is the part of it they need.
+RunConfig, which an organ or a distillation run does not have; this loop is the part of it they need,
+built from ``lorabench.training`` as that loop is: the model on the GPU when there is one, autocast
+in ``precision``, a NaN or exploding loss (or non-finite weights after the last step) ends the arm
+as "diverged" instead of a normal-looking dev number, training time and peak memory recorded.
+``evaluate`` is ``training.evaluate``.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,8 +20,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..metrics import compute
+from ..errors import ConfigError
+from ..precision import autocast, resolve_precision
 from ..seeding import linear_warmup_decay, set_seed
+from ..training.evaluate import evaluate as evaluate_on
+from ..training.guard import DivergenceGuard
+from ..training.meter import Meter
+from ..training.placement import amp_dtype, device_of, grad_scaler, placement, to_device
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -29,36 +37,68 @@ def task_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch).loss
 
 
+def check_lr(value: Any, flag: str) -> None:
+    """A learning rate is a finite number > 0, or a ConfigError naming ``flag`` (lr 0 trains nothing and
+    reports the untrained model; a negative one is refused by AdamW only once training starts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{flag} must be a learning rate > 0, got {value!r}; e.g. {flag} 1e-4")
+
+
 def train(model: nn.Module, batches: Callable[[int], Iterable[Batch]], groups: list[dict], *, lr: float,
           epochs: int, loss_fn: LossFn = task_loss, weight_decay: float = 0.0, warmup_ratio: float = 0.06,
-          max_grad_norm: float = 1.0, seed: int = 0, progress: bool = True, desc: str = "train") -> dict[str, Any]:
+          max_grad_norm: float = 1.0, seed: int = 0, progress: bool = True, desc: str = "train",
+          precision: str = "fp32") -> dict[str, Any]:
     """Train the parameters in ``groups`` for ``epochs`` passes; ``batches(epoch)`` yields one epoch.
-    Returns {steps, train_s, first_loss, last_loss}."""
+    The model moves to the run's device (``training.placement``) and stays there; each forward runs
+    under ``precision``'s autocast. Returns {steps, train_s, first_loss, last_loss, status ("ok" |
+    "diverged"), error, time, memory, precision}; a diverged arm stops at the step whose loss diverged."""
     set_seed(seed)
+    device, precision, amp = placement(precision)
+    model.to(device)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     per_epoch = sum(1 for _ in batches(0))
     total = max(1, per_epoch * epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(math.ceil(warmup_ratio * total), total))
+    meter, guard, scaler = Meter(device), DivergenceGuard(), grad_scaler(device, precision)
     model.train()
     losses: list[float] = []
-    start = time.perf_counter()
-    with tqdm(total=total, desc=desc, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+    error, last = None, None
+    with meter, tqdm(total=total, desc=desc, disable=not progress, unit="step", dynamic_ncols=True) as bar:
         for epoch in range(epochs):
             for batch in batches(epoch):
-                loss = loss_fn(model, batch)
-                loss.backward()
+                batch = to_device(batch, device)
+                meter.count(batch)
+                with autocast(device, amp):
+                    loss = loss_fn(model, batch)
+                error = guard.check(float(loss.detach()))
+                if error is not None:  # stop before the bad update is applied
+                    break
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # true gradients for the clip (a no-op unless fp16)
                 if max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
+                last = batch
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if error is not None:
+                break
     model.eval()
-    return {"steps": len(losses), "train_s": round(time.perf_counter() - start, 2),
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    if error is None and last is not None:  # after the last update, with the trained weights
+        error = guard.check_params(params)
+        if error is None:
+            with torch.no_grad(), autocast(device, amp):
+                error = guard.check_final_loss(float(loss_fn(model, last).detach().float()))
+    time = meter.time()
+    return {"steps": len(losses), "train_s": round(time["train_s"], 2),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "status": "ok" if error is None else "diverged", "error": error, "time": time,
+            "memory": meter.memory(), "precision": precision}
 
 
 def epochs_of(loader) -> Callable[[int], Iterable[Batch]]:
@@ -81,24 +121,24 @@ def inputs(batch: Batch) -> Batch:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, batches: Iterable[Batch]) -> torch.Tensor:
-    """The model's logits (N, C) over ``batches``, in order, in eval mode."""
+def logits_of(model: nn.Module, batches: Iterable[Batch], precision: str = "fp32") -> torch.Tensor:
+    """The model's logits (N, C) over ``batches``, in order, in eval mode, on the CPU (the batches go to
+    the model's device; the forward runs under ``precision``'s autocast)."""
     model.eval()
-    return torch.cat([model(**inputs(b)).logits.float() for b in batches])
+    device = device_of(model)
+    amp = amp_dtype(resolve_precision(precision, device), device)
+    out = []
+    for b in batches:
+        with autocast(device, amp):
+            out.append(model(**inputs(to_device(b, device))).logits.float().cpu())
+    return torch.cat(out)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loaders: dict, task) -> dict[str, dict[str, float]]:
-    """{split: {metric: value}} of ``model`` on each dev loader."""
-    out = {}
-    for split, loader in loaders.items():
-        preds, labels = [], []
-        for batch in loader:
-            logits = model(**inputs(batch)).logits.float()
-            preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
-            labels.append(batch["labels"])
-        out[split] = {k: float(v) for k, v in compute(task, torch.cat(preds).tolist(), torch.cat(labels).tolist()).items()}
-    return out
+def evaluate(model: nn.Module, loaders: dict, task, precision: str = "fp32") -> dict[str, dict[str, float]]:
+    """{split: {metric: value}} of ``model`` on each dev loader (``training.evaluate`` on the model's
+    device, in eval mode, under ``precision``'s autocast: the arm's own)."""
+    device = device_of(model)
+    return evaluate_on(model, loaders, task, device, amp_dtype(resolve_precision(precision, device), device))
 
 
 def head_module(model: nn.Module) -> nn.Module:

@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 
 from .. import inject, models
+from ..choices import PRECISIONS
 from ..data import build_loaders, get_task, resolve_source
 from ..data.prompts import prompt_format_fn
 from ..errors import ConfigError
+from ..training.placement import device_of, placement, to_device
 from . import loop
 from . import organ as organs
 from .registry import Method, check_positive, opt, register
@@ -69,9 +71,15 @@ class OrganTransplant(Method):
         eval_limit: int | None = opt(300, "dev examples per split (a fixed random subset)")
         data_dir: str | None = opt(None, "GLUE folder (unset: as lorabench train finds it)")
         seed: int = opt(0, "seeds the data order, the head and adapter inits and the generator")
+        precision: str = opt("fp32", "autocast of every training and evaluation forward: fp32, bf16, fp16 "
+                                     "(CUDA only) or auto (bf16 on a GPU that has it)")
 
         def __post_init__(self):
             spec = get_task(self.task)
+            loop.check_lr(self.lr, "--lr")  # lr 0 would report untrained organs as trained ones
+            loop.check_lr(self.lora_lr, "--lora-lr")
+            if self.precision not in PRECISIONS:
+                raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
             if self.head not in ("lm", "cls"):
                 raise ConfigError(f"--head {self.head!r}: use lm (prompt + label words) or cls")
             if self.head == "lm" and spec.is_regression:
@@ -111,7 +119,18 @@ class OrganTransplant(Method):
                                           batch_size=opts.batch_size, train_limit=opts.train_limit,
                                           eval_limit=opts.eval_limit, seed=opts.seed, format_fn=fmt, progress=progress)
         probe = next(iter(next(iter(dev.values()))))
-        arms: dict[str, dict] = {"no_adapter": {"dev": loop.evaluate(model, dev, spec), "train": None, "trainable": 0}}
+        model.to(placement(opts.precision)[0])  # evaluated where the trained arms are (the GPU when there is one)
+        arms: dict[str, dict] = {"no_adapter": {"status": "ok", "error": None, "train": None, "trainable": 0,
+                                                "dev": loop.evaluate(model, dev, spec, opts.precision)}}
+
+        def train(m, groups, lr, desc):
+            return loop.train(m, loop.epochs_of(train_loader), groups, lr=lr, epochs=opts.epochs, seed=opts.seed,
+                              progress=progress, desc=desc, precision=opts.precision)
+
+        def failed(stats, **more) -> dict | None:  # a diverged arm: its status and error, no dev metric, no file
+            if stats["status"] == "ok":
+                return None
+            return {"status": stats["status"], "error": stats["error"], "dev": None, "train": stats, **more}
 
         def head_groups(m) -> list[dict]:  # head cls: the fresh score head trains with the organ / LoRA
             if opts.head != "cls":
@@ -128,27 +147,33 @@ class OrganTransplant(Method):
             organs.insert(model, donor, p)
             organ_size = donor.numel()
             groups = [{"params": donor.parameters()}] + head_groups(model)
-            stats = loop.train(model, loop.epochs_of(train_loader), groups, lr=opts.lr, epochs=opts.epochs,
-                               seed=opts.seed, progress=progress, desc=f"organ {start}:{end} at {p}")
+            stats = train(model, groups, opts.lr, f"organ {start}:{end} at {p}")
+            if (bad := failed(stats, trainable=organ_size, position=p)) is not None:
+                arms[f"organ@{p}"] = bad
+                continue
             folder = organs.save(donor, out / f"organ-at-{p}")
             with torch.no_grad():
-                before = model(**loop.inputs(probe)).logits
+                device = device_of(model)  # training put it on the GPU when there is one
+                before = model(**loop.inputs(to_device(probe, device))).logits
                 again, _ = fresh()
                 loaded = organs.load(folder, again)
                 organs.insert(again, loaded, loaded.position)
+                again.to(device)
                 if opts.head == "cls":
                     loop.head_module(again).load_state_dict(loop.head_module(model).state_dict())
-                diff = float((again(**loop.inputs(probe)).logits - before).abs().max())
-            arms[f"organ@{p}"] = {"dev": loop.evaluate(model, dev, spec), "train": stats, "trainable": organ_size,
-                                  "position": p, "file": str(folder), "reload_max_abs_diff": diff}
+                diff = float((again(**loop.inputs(to_device(probe, device))).logits - before).abs().max())
+                del again
+            arms[f"organ@{p}"] = {"status": "ok", "error": None, "dev": loop.evaluate(model, dev, spec, opts.precision),
+                                  "train": stats, "trainable": organ_size, "position": p, "file": str(folder),
+                                  "reload_max_abs_diff": diff}
 
         rank = matched_rank(fresh()[0], organ_size)
         model, _ = fresh()
         inject.apply(model, "lora", "all-linear", r=rank, alpha=2.0 * rank)
-        stats = loop.train(model, loop.epochs_of(train_loader), inject.param_groups(model, opts.lora_lr),
-                           lr=opts.lora_lr, epochs=opts.epochs, seed=opts.seed, progress=progress, desc=f"lora r={rank}")
-        arms[f"lora_r{rank}"] = {"dev": loop.evaluate(model, dev, spec), "train": stats, "rank": rank,
-                                 "trainable": inject.count_parameters(model)[0]}
+        stats = train(model, inject.param_groups(model, opts.lora_lr), opts.lora_lr, f"lora r={rank}")
+        arms[f"lora_r{rank}"] = failed(stats, rank=rank, trainable=inject.count_parameters(model)[0]) or {
+            "status": "ok", "error": None, "dev": loop.evaluate(model, dev, spec, opts.precision), "train": stats,
+            "rank": rank, "trainable": inject.count_parameters(model)[0]}
         return {"method": cls.name, "task": spec.name, "primary_metric": spec.primary_metric,
                 "source": {"model": opts.model, "layers": opts.layers, "organ_layers": [start, end]},
                 "target": {"model": opts.model, "layers": opts.layers, "positions": positions, "recipient_layers": n},

@@ -3,8 +3,9 @@
 transfer.json: schema "lorabench-transfer", schema_version 1, method, task, primary_metric,
 source {model, layers, ...}, target {model, layers, ...}, options (the method's Options), counts
 (trans_lora: seeds, sampled, generated, kept; organ: organ_parameters, lora_rank, lora_parameters),
-arms {name: {dev {split: {metric: value}}, train {steps, train_s, first_loss, last_loss} | null,
-trainable, ...}}, arm_notes {name: what it is}, lorabench_version, created_at.
+arms {name: {status ("ok" | "diverged" | "skipped": not trained, its teacher diverged), error (null or
+why), dev {split: {metric: value}} (null unless ok), train {steps, train_s, first_loss, last_loss, status,
+error, time, memory, precision} | null, trainable, ...}}, arm_notes {name: what it is}, lorabench_version, created_at.
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ def finish(record: dict) -> dict:
 
 
 def table(record: dict) -> Table:
-    """Arm x (dev primary metric, trainable parameters, train seconds) on the first dev split."""
+    """Arm x (status, dev primary metric, trainable parameters, train seconds) on the first dev split.
+    An arm that is not "ok" (diverged, or skipped because its teacher diverged) shows its status where
+    the metric would be, never a number; its error goes in the note."""
     metric = record["primary_metric"]
-    rows = []
+    rows, problems = [], []
+    shared = next((next(iter(a["dev"])) for a in record["arms"].values() if a.get("dev")), "dev")  # the first split
     for name, arm in record["arms"].items():
-        split = next(iter(arm["dev"]))
-        value = arm["dev"][split][metric]
+        status = arm.get("status", "ok")  # records written before arms had a status were all ok
         train = arm.get("train") or {}
-        rows.append([name, f"{split} {metric}", f"{100 * value:.2f}", f"{arm.get('trainable', 0):,}",
+        dev = arm.get("dev") or {}
+        split = next(iter(dev), shared)
+        value = dev[split][metric] if dev else None
+        if status != "ok":
+            shown = status.upper()
+        else:  # a NaN metric is null in the JSON
+            shown = f"{100 * value:.2f}" if value is not None else "nan"
+        rows.append([name, status, f"{split} {metric}", shown, f"{arm.get('trainable', 0):,}",
                      "" if not train else f"{train['train_s']:.0f}"])
+        if status != "ok":
+            problems.append(f"{name} {status}: {arm.get('error')}")
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
     src, tgt = record["source"], record["target"]
 
@@ -41,11 +53,13 @@ def table(record: dict) -> Table:
         return side["model"] + (f" ({side['layers']} layers)" if side.get("layers") else "")
 
     title = f"Transfer ({record['method']}, {record['task']}): {named(src)} -> {named(tgt)}"
-    return Table(title, ["arm", "metric", "dev (x100)", "trainable", "train s"], rows, note=counts)
+    return Table(title, ["arm", "status", "metric", "dev (x100)", "trainable", "train s"], rows,
+                 note="; ".join([counts, *problems]))
 
 
 def write(record: dict, out: Path) -> tuple[Path, str]:
     """out/transfer.json (atomically) and out/transfer.md; returns (json path, markdown)."""
     md = to_markdown(table(record))
+    out.mkdir(parents=True, exist_ok=True)  # a run whose every arm diverged has written no other file there
     (out / "transfer.md").write_text(md + "\n")
     return results.write_json_atomic(out / "transfer.json", record), md

@@ -41,8 +41,10 @@ import torch
 
 from .. import inject, models, results
 from ..checkpoint import save_adapter
+from ..choices import PRECISIONS
 from ..data import build_loaders, get_task, resolve_source, stratified_subset, subset
 from ..errors import ConfigError
+from ..training.placement import device_of, to_device
 from . import loop
 from .discriminator import cross_fit_scores, head_features, keep_top, keep_top_per_class
 from .distill import distill_step, text_batches
@@ -86,9 +88,15 @@ class TransLoRA(Method):
         eval_limit: int | None = opt(300, "dev examples per split")
         data_dir: str | None = opt(None, "GLUE folder (unset: as lorabench train finds it)")
         seed: int = opt(0, "seeds the data order, the heads, the adapters and the generator")
+        precision: str = opt("fp32", "autocast of every training and evaluation forward: fp32, bf16, fp16 "
+                                     "(CUDA only) or auto (bf16 on a GPU that has it)")
 
         def __post_init__(self):
             get_task(self.task)  # an unknown task names the known ones
+            loop.check_lr(self.lr, "--lr")
+            loop.check_lr(self.head_lr, "--head-lr")
+            if self.precision not in PRECISIONS:
+                raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
             for flag in ("seeds", "synthetic", "max_new_tokens", "folds", "r", "epochs", "distill_epochs",
                          "head_epochs", "batch_size", "max_length"):
                 check_positive(getattr(self, flag), f"--{flag.replace('_', '-')}")
@@ -127,38 +135,30 @@ class TransLoRA(Method):
 
         arms: dict[str, dict] = {}
 
-        def record(arm, model, dev, stats):
-            arms[arm] = {"dev": loop.evaluate(model, dev, spec), "train": stats,
+        def record(arm, model, dev, stats):  # a diverged arm has no dev metric (null), only its status and error
+            ok = stats["status"] == "ok"
+            arms[arm] = {"status": stats["status"], "error": stats["error"],
+                         "dev": loop.evaluate(model, dev, spec, opts.precision) if ok else None, "train": stats,
                          "trainable": inject.count_parameters(model)[0]}
+
+        def train(model, batches, groups, lr, epochs, desc, **kw):
+            return loop.train(model, batches, groups, lr=lr, epochs=epochs, seed=opts.seed, progress=progress,
+                              desc=desc, precision=opts.precision, **kw)
 
         # ---- 1. the source LoRA on the real data (the teacher)
         loop.set_seed(opts.seed)
         source, source_tok = models.load_model(opts.source, spec, layers=opts.source_layers)
         lora(source)
         train_s, dev_s = loaders(source_tok)
-        stats = loop.train(source, loop.epochs_of(train_s), inject.param_groups(source, opts.lr), lr=opts.lr,
-                           epochs=opts.epochs, seed=opts.seed, progress=progress, desc="source lora")
+        stats = train(source, loop.epochs_of(train_s), inject.param_groups(source, opts.lr), opts.lr, opts.epochs,
+                      "source lora")
         record("source", source, dev_s, stats)
+        teacher_error = stats["error"]  # a diverged teacher has nothing to transfer: its students are skipped
 
-        # ---- 2. synthetic inputs from the generator, prompted with the seeds
-        gen, gen_tok = load_generator(opts.generator, opts.generator_layers)
-        synth, sampled = generate(gen, gen_tok, spec, seeds, opts.synthetic, seed=opts.seed, progress=progress,
-                                  gen=Generation(top_p=opts.top_p, max_new_tokens=opts.max_new_tokens))
-        del gen
-        if len(synth) < opts.folds:
-            raise RuntimeError(f"the generator wrote only {len(synth)} usable inputs; raise --max-new-tokens")
-
-        # ---- 3. the discriminator filter, on the source model's features
-        def on_source(examples):
-            return text_batches(examples, source_tok, spec, **common)(-1)
-
-        scores = cross_fit_scores(head_features(source, on_source(seeds)), head_features(source, on_source(synth)),
-                                  folds=opts.folds, seed=opts.seed)
-        teacher = loop.logits_of(source, on_source(synth))  # (N, C) the source LoRA's outputs
-        if opts.keep_per == "class" and not spec.is_regression:
-            kept = keep_top_per_class(scores, teacher.argmax(-1), opts.keep)
-        else:
-            kept = keep_top(scores, opts.keep)
+        if teacher_error is None:  # ---- 2. and 3.: the synthetic inputs and the filter
+            synth, sampled, scores, teacher, kept = cls.synthesize(opts, spec, seeds, source, source_tok, progress)
+        else:  # a diverged teacher has nothing to transfer (and its NaN features would break the filter)
+            synth, sampled, scores, teacher, kept = [], 0, torch.empty(0), torch.empty(0, spec.num_labels), []
         del source
 
         # ---- 4. target arms
@@ -171,27 +171,30 @@ class TransLoRA(Method):
         loss = distill_step(opts.temperature, spec.is_regression)
         random_rows = subset(list(range(len(synth))), len(kept), opts.seed)  # the seeded draw of data.subset
         for arm, rows in (("trans_lora", kept), ("random_keep", random_rows), ("unfiltered", list(range(len(synth))))):
+            if teacher_error is not None:
+                arms[arm] = {"status": "skipped", "error": "not trained: its teacher (arm source) diverged",
+                             "dev": None, "train": None, "trainable": 0}
+                continue
             if arm != "trans_lora":
                 model, _ = target()
             lora(model)
             batches = text_batches([synth[i] for i in rows], target_tok, spec, extra=teacher[rows], seed=opts.seed,
                                    **common)
-            stats = loop.train(model, batches, inject.param_groups(model, opts.lr), lr=opts.lr,
-                               epochs=opts.distill_epochs, loss_fn=loss, seed=opts.seed, progress=progress, desc=arm)
+            stats = train(model, batches, inject.param_groups(model, opts.lr), opts.lr, opts.distill_epochs, arm,
+                          loss_fn=loss)
             record(arm, model, dev_t, stats)
-            if arm == "trans_lora":
+            if arm == "trans_lora" and stats["status"] == "ok":
                 save_adapter(model, out / "target-adapter")
 
         model, _ = target()
         lora(model)
-        stats = loop.train(model, loop.epochs_of(train_t), inject.param_groups(model, opts.lr), lr=opts.lr,
-                           epochs=opts.epochs, seed=opts.seed, progress=progress, desc="direct")
+        stats = train(model, loop.epochs_of(train_t), inject.param_groups(model, opts.lr), opts.lr, opts.epochs,
+                      "direct")
         record("direct", model, dev_t, stats)
 
         model, _ = target()
-        stats = loop.train(model, text_batches(seeds, target_tok, spec, seed=opts.seed, **common),
-                           loop.head_only(model), lr=opts.head_lr, epochs=opts.head_epochs, seed=opts.seed,
-                           progress=progress, desc="head on seeds")
+        stats = train(model, text_batches(seeds, target_tok, spec, seed=opts.seed, **common), loop.head_only(model),
+                      opts.head_lr, opts.head_epochs, "head on seeds")
         record("no_adapter", model, dev_t, stats)
 
         kept_set = set(kept)
@@ -207,6 +210,31 @@ class TransLoRA(Method):
                 "counts": {"seeds": len(seeds), "sampled": sampled, "generated": len(synth), "kept": len(kept),
                            **({} if spec.is_regression else class_mix(teacher, kept))},
                 "arms": arms, "arm_notes": ARM_NOTES}
+
+    @staticmethod
+    def synthesize(opts: TransLoRA.Options, spec, seeds: list, source, source_tok, progress: bool) -> tuple:
+        """(synthetic inputs, sampled, p(real) scores, teacher logits (N, C), kept rows): steps 2 and 3."""
+        common = {"max_length": opts.max_length, "batch_size": opts.batch_size}
+        # ---- 2. synthetic inputs from the generator, prompted with the seeds
+        gen, gen_tok = load_generator(opts.generator, opts.generator_layers)
+        synth, sampled = generate(gen, gen_tok, spec, seeds, opts.synthetic, seed=opts.seed, progress=progress,
+                                  gen=Generation(top_p=opts.top_p, max_new_tokens=opts.max_new_tokens))
+        del gen
+        if len(synth) < opts.folds:
+            raise RuntimeError(f"the generator wrote only {len(synth)} usable inputs; raise --max-new-tokens")
+
+        # ---- 3. the discriminator filter, on the source model's features
+        def on_source(examples):  # on the source's device (training put it on the GPU when there is one)
+            return (to_device(b, device_of(source)) for b in text_batches(examples, source_tok, spec, **common)(-1))
+
+        scores = cross_fit_scores(head_features(source, on_source(seeds)).cpu(),
+                                  head_features(source, on_source(synth)).cpu(), folds=opts.folds, seed=opts.seed)
+        teacher = loop.logits_of(source, on_source(synth), opts.precision)  # (N, C) the source LoRA's outputs
+        if opts.keep_per == "class" and not spec.is_regression:
+            kept = keep_top_per_class(scores, teacher.argmax(-1), opts.keep)
+        else:
+            kept = keep_top(scores, opts.keep)
+        return synth, sampled, scores, teacher, kept
 
 
 ARM_NOTES = {"source": "source base + its LoRA trained on the real data (the teacher)",
