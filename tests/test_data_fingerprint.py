@@ -75,7 +75,7 @@ def test_a_ten_row_train_file_trains_on_ten_and_the_result_says_so(tmp_path, cap
         assert cli.main(["train", *T, "--data-dir", str(small), "--out", str(tmp_path / "out")]) == 0
     (path,) = (tmp_path / "out").glob("run-*.json")
     r = json.loads(path.read_text())
-    assert r["schema_version"] == 2 and r["config"]["train_limit"] == 64
+    assert r["schema_version"] == results.SCHEMA_VERSION and r["kind"] == "run" and r["config"]["train_limit"] == 64
     assert r["data"]["examples"]["train"]["count"] == 10 and r["data"]["examples"]["validation"]["count"] == 64
     assert r["data"]["files"]["train"] == file_sha256(small / "SST-2/train.tsv")
     full = RunConfig.from_dict({"model": "minilm", "layers": 2, "train_limit": 64, "epochs": 1, "max_length": 32,
