@@ -21,6 +21,7 @@ import lorabench
 from lorabench import commands as cli
 from lorabench import results, sweep
 from lorabench.config import RunConfig
+from lorabench.errors import ConfigError
 from lorabench.data import get_task
 from lorabench.measure import halve_micro_batch
 
@@ -170,7 +171,7 @@ def test_read_only_folder_is_a_clear_error(tmp_path):
     try:
         with pytest.raises(results.ResultWriteError, match=f"cannot write run-abc.json in {folder}"):
             results.write_json_atomic(folder / "run-abc.json", {"x": 1})
-        with pytest.raises(results.ResultWriteError, match="make the folder writable"):
+        with pytest.raises(ConfigError, match="make the folder writable"):  # before compute: a bad input
             results.check_writable(folder)
     finally:
         folder.chmod(0o755)
@@ -188,8 +189,8 @@ def test_unwritable_out_folder_fails_before_training(tmp_path, monkeypatch, caps
     blocker.write_text("not a folder")
     rc = cli.main(["train", "--out", str(blocker / "runs"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1
-    assert err[0].startswith("error: ResultWriteError: cannot write results in ") and str(blocker / "runs") in err[0]
+    assert rc == 2 and len(err) == 1  # a bad input, refused before compute
+    assert err[0].startswith("error: cannot write in ") and str(blocker / "runs") in err[0]
     assert "pass another --out" in err[0]
 
 

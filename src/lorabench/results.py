@@ -79,6 +79,7 @@ from typing import Any, Iterator
 from .data.glue import get_task
 from .errors import ConfigError, DataError, ResultWriteError
 from . import ids, kinds
+from .outputs import check_output_folder, refuse_overwriting_inputs  # noqa: F401  (results.refuse_...)
 from .measure import environment
 
 SCHEMA = "lorabench-run"
@@ -164,36 +165,9 @@ def _write_error(folder: Path, e: OSError, what: str) -> ResultWriteError:
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """Make sure a file can be written in ``folder`` (before a run trains for an hour and
-    then cannot record its result). Folders it had to create are removed again, so a run
-    rejected later for bad input leaves nothing behind."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} is a file, not a folder; pass a folder for the results, e.g. --out runs")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lorabench-write-check.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise _write_error(folder, e, "results") from None
-    finally:
-        for p in created:  # deepest first
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-
-
-def refuse_overwriting_inputs(out: str | os.PathLike, inputs: list) -> None:
-    """A command never writes over a file the user passed it as input (ConfigError naming both)."""
-    target = Path(out).resolve()
-    for given in inputs:
-        p = Path(given).resolve()
-        if target == p:
-            raise ConfigError(f"--out {out} would overwrite the input {given}; write the output elsewhere, "
-                              "e.g. --out tables.md")
+    """Make sure a file can be written in ``folder`` before a run trains for an hour and then
+    cannot record its result (``outputs.check_output_folder``: a bad input, exit 2)."""
+    check_output_folder(folder)
 
 
 def file_mode() -> int:
