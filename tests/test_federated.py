@@ -248,7 +248,7 @@ def test_federate_end_to_end_writes_a_valid_json(method, tmp_path):
         assert all(x["aggregation_error"] > 0 for x in r["rounds"])
     assert r["bytes"] == {"up": sum(x["bytes_up"] for x in r["rounds"]), "down": sum(x["bytes_down"] for x in r["rounds"])}
     assert cli(["federate", "--table", str(path)]) == 0
-    with pytest.raises(ConfigError, match="would overwrite the input"):  # an input is never written
+    with pytest.raises(ConfigError, match="would write over the input"):  # an input is never written
         cli(["federate", "--table", str(path), "--out", str(path)])
     assert json.loads(path.read_text()) == envelope
     assert cli(["federate", "--table", str(path), "--out", str(tmp_path / "t" / "fed.md")]) == 0

@@ -7,7 +7,8 @@
 - ``check_output_folder``: the folder can be created and written (a read-only folder is a bad
   input, exit 2, before training, never an error after it).
 - ``refuse_overwriting_inputs``: nothing a user passed as input is ever written: an output path
-  that is one of the inputs, or inside an input folder the command reads as data, is refused.
+  that is one of the input files, or a JSON file directly in an input folder (where the command
+  reads its results), is refused; a table written beside the results (``DIR/table.md``) is fine.
 - ``check_output_file``: a file output (``--json FILE``, ``--out FILE.md``): its folder is writable
   and it is not an input.
 """
@@ -62,11 +63,11 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 def refuse_overwriting_inputs(out: str | os.PathLike, inputs: list, flag: str = "--out") -> None:
-    """ConfigError when ``out`` is one of ``inputs`` or lies inside an input folder."""
+    """ConfigError when ``out`` is one of ``inputs``, or a JSON file directly in an input folder."""
     target = Path(out).resolve()
     for given in inputs:
         p = Path(given).resolve()
-        if target == p or (p.is_dir() and p in target.parents):
+        if target == p or (p.is_dir() and target.parent == p and target.suffix == ".json"):
             raise ConfigError(f"{flag} {out} would write over the input {given}; inputs are never written: pass "
                               f"another {flag}")
 

@@ -31,7 +31,9 @@ from ..adapters.base import adapted_layers
 from ..config import RunConfig
 from ..data import build_loaders, get_task
 from ..data.batching import ShuffledBatches
-from ..metrics import compute
+from ..precision import resolve_precision
+from ..training.evaluate import evaluate
+from ..training.placement import amp_dtype, device_of
 from ..train import fit, set_seed
 from .registry import Aggregation, Factors, weighted_mean, weighted_product
 from .settings import FedSettings
@@ -101,22 +103,11 @@ class Federation:
         return dataclasses.replace(self.cfg, epochs=float(self.settings.local_epochs), seed=seed, quiet=True)
 
 
-@torch.no_grad()
-def evaluate_global(model, loaders: dict, task) -> dict[str, dict[str, float]]:
-    """{split: {metric: value}} of the model as it stands (the global model)."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = {}
-    for split, loader in loaders.items():
-        preds, labels = [], []
-        for batch in loader:
-            logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.float()
-            preds.append(logits.squeeze(-1) if task.is_regression else logits.argmax(-1))
-            labels.append(batch["labels"])
-        out[split] = {k: float(v) for k, v in compute(task, torch.cat(preds).cpu().tolist(),
-                                                        torch.cat(labels).tolist()).items()}
-    model.train()
-    return out
+def evaluate_global(model, loaders: dict, task, precision: str = "fp32") -> dict[str, dict[str, float]]:
+    """{split: {metric: value}} of the model as it stands (the global model), on its device, in the
+    run's autocast (``training.evaluate``: the one evaluation every loop shares)."""
+    device = device_of(model)
+    return evaluate(model, loaders, task, device, amp_dtype(resolve_precision(precision, device), device))
 
 
 def load(cfg: RunConfig, settings: FedSettings):
@@ -185,7 +176,7 @@ def run_round(fed: Federation, method: Aggregation, task, dev: dict) -> dict[str
     method.load_global(fed)
     fed.set_head(fed.global_head)
     evaluated = time.perf_counter()
-    metrics = evaluate_global(fed.model, dev, task)
+    metrics = evaluate_global(fed.model, dev, task, fed.cfg.precision)
     done = time.perf_counter()
     record = {"round": t + 1, "clients": picked, "sizes": sizes, "weights": p, "metrics": metrics, "bytes_up": up,
               "bytes_down": down * len(picked), "aggregation_error": error,
@@ -213,7 +204,7 @@ def simulate(cfg: RunConfig, settings: FedSettings, *, progress: bool = True, ke
     fed = Federation(model, cfg, settings, parts, train_ds, collate)
     record = {"split": {"sizes": [len(q) for q in parts], "label_histograms": label_histograms(labels, parts)},
               "rank": fed.rank, "scale": fed.scale, "head_tensors": sorted(fed.head_params),
-              "initial": {"metrics": evaluate_global(model, dev, task)}, "rounds": []}
+              "initial": {"metrics": evaluate_global(model, dev, task, cfg.precision)}, "rounds": []}
     record["status"], record["error"], record["diverged_at"] = "ok", None, None
     for t in tqdm(range(settings.rounds), disable=not progress, desc=f"federate {settings.method}", unit="round"):
         fed.round_index = t
