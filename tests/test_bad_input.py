@@ -24,6 +24,8 @@ import torch
 
 from lorabench import commands as cli
 
+from bad_task_files import jsonl, on_task, task_file
+
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"
 MINILM = ("--model", "minilm", "--layers", "2")
@@ -242,6 +244,31 @@ CASES = [
          ("variants.lora (task sst2): missing GLUE file", "SST-2/dev.tsv")),
     Case("report-two-results-under-one-id", lambda tmp, out, fx: ["report", str(one_id_two_data(tmp)), "--out", str(out)],
          ("are both run", "record different data", "move one of them out")),
+    # ---- your own task: a task file or --data, every bad-data case before any model loads
+    Case("taskfile-missing-column", on_task(lambda t: task_file(t, jsonl(("good", 0), ("bad", 1)),
+                                                              task="text: review\nlabel: label\nlabels: [0, 1]\n")),
+         ("no column 'review'", "found: 'text', 'label'", "fix text / label")),
+    Case("taskfile-label-outside-the-set", on_task(lambda t: task_file(t, jsonl(("good", 0), ("bad", 1), ("odd", 2))),),
+         ("row 3: label 2 is not in labels [0, 1]", "labels found: '0': 1, '1': 1, '2': 1")),
+    Case("taskfile-empty-split", on_task(lambda t: task_file(t, jsonl(("good", 0), ("bad", 1)), dev="")),
+         ("has no rows",)),
+    Case("taskfile-class-without-training-example", on_task(lambda t: task_file(
+        t, jsonl(("good", 0), ("bad", 1)), task="text: text\nlabel: label\nlabels: [0, 1, 2]\n")),
+        ("class 2 has no training example", "counts: 0: 1, 1: 1, 2: 0")),
+    Case("taskfile-score-not-a-number", on_task(lambda t: task_file(
+        t, jsonl(("good", 4.5), ("bad", "high")), dev=jsonl(("ok", 2.0)), task="text: text\nlabel: label\nscore_range: [0, 5]\n")),
+        ("row 2: score 'high' is not a number",)),
+    Case("taskfile-mixed-label-types", on_task(lambda t: task_file(t, jsonl(("good", 1), ("bad", 0), ("also", "1")))),
+         ("mixes types", "int: 2", "str: 1")),
+    Case("taskfile-empty-text", on_task(lambda t: task_file(t, jsonl(("good", 1), ("", 0), ("also", 1)))),
+         ("1 of 3 rows have an empty text", "max_empty_text")),
+    Case("taskfile-no-dev-split", on_task(lambda t: task_file(t, jsonl(("good", 1), ("bad", 0)), dev=None)),
+         ("no dev split", "dev: {carve: 500, seed: 0}")),
+    Case("taskfile-with-data-dir", on_task(lambda t: task_file(t, jsonl(("good", 1), ("bad", 0))), "--data-dir", str(GLUE)),
+         ("--data-dir", "is for GLUE", "drop --data-dir")),
+    Case("data-without-text-column", lambda tmp, out, fx: [
+        "train", "--data", str(yaml_file(tmp, "text,label\nfine,1\n", "d.csv")), "--label-column", "label", *MINILM,
+        "--out", str(out)], ("needs --text-column",)),
     Case("report-out-is-a-file", lambda tmp, out, fx: ["report", str(FIXTURES), "--out", str(yaml_file(tmp, "x", "f"))],
          ("is a file, not a folder", "pass a folder")),
 ]

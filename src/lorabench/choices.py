@@ -9,3 +9,4 @@ BACKENDS = ("local", "ray")
 METRIC_FROM = ("best", "final")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 LOG_WITH = (*TRACKERS, "all")  # all: every installed tracker (as accelerate's log_with="all")
+METRIC_NAMES = ("accuracy", "f1", "f1_macro", "mcc", "pearson", "spearman")  # metrics.METRICS, in a leaf

@@ -67,7 +67,16 @@ class RunConfig:
     model: str = setting("minilm", "model alias (minilm, mpnet, smollm2-135m, ...), hub id or local folder", group=_WHAT)
     layers: int | None = setting(None, "keep only the first N transformer layers (unset: all)", group=_WHAT,
                                  metavar="N")
-    task: str = setting("sst2", "GLUE task: sst2, cola, mrpc, rte, stsb, qqp, mnli, qnli", group=_WHAT)
+    task: str = setting("sst2", "GLUE task (sst2, cola, mrpc, rte, stsb, qqp, mnli, qnli) or a task file "
+                                "(my_task.yaml: any labelled CSV, TSV, JSON Lines, Parquet or hub dataset)", group=_WHAT)
+    data: str | None = setting(None, "one labelled file (CSV, TSV, JSON Lines, Parquet) as the task, with "
+                                     "--text-column and --label-column; 10%% of its rows (seeded) are the dev split",
+                               group=_WHAT, metavar="FILE", hashed=False, hyperparameter=False)
+    text_column: list[str] | str | None = setting(None, "with --data: the text column(s), comma-separated: one text, or "
+                                                  "two for a pair task", group=_WHAT, metavar="COL[,COL]",
+                                            hashed=False, hyperparameter=False)
+    label_column: str | None = setting(None, "with --data: the label column (its values, sorted, are the classes)",
+                                       group=_WHAT, metavar="COL", hashed=False, hyperparameter=False)
     variant: str = setting("lora", "registered variant (`lorabench variants` lists them)", group=_WHAT)
     targets: list[str] | str | None = setting(
         None, "layers to adapt: names (query,value), a regex on full names, or all-linear (unset: the "
@@ -195,7 +204,7 @@ class RunConfig:
             f"quantize must be null or one of {', '.join(QUANT_TYPES)}, got {self.quantize!r}",
         )
         self.budget_bytes()  # raises on a bad size string
-        self.task = _task(self.task).name
+        self._resolve_task()
         kinds.resolve(self, DEFAULTS)  # before the variant: a scenario kind may decide it
         variant = _variant(self.variant)
         self.variant = variant.name
@@ -205,6 +214,28 @@ class RunConfig:
             f"quantize={self.quantize!r} stores the frozen weights in 4 bits and variant {self.variant!r} trains "
             "every weight; drop quantize or pick an adapter variant",
         )
+
+    def _resolve_task(self) -> None:
+        """GLUE names become canonical; a task file keeps its path; ``--data`` registers its task."""
+        if isinstance(self.text_column, str):  # --text-column title,body
+            self.text_column = [c.strip() for c in self.text_column.split(",") if c.strip()]
+        given = [n for n in ("text_column", "label_column") if getattr(self, n) is not None]
+        if self.data is None:
+            check(not given, f"--{given[0].replace('_', '-') if given else ''} goes with --data FILE; pass --data, or "
+                             "describe the task in a task file (--task my_task.yaml)")
+        else:
+            check(self.text_column and self.label_column, "--data FILE needs --text-column COL[,COL] and --label-column COL")
+            check(len(self.text_column) <= 2, f"--text-column takes one or two columns, got {self.text_column}; join "
+                                              "columns into one text with a task file (text: [[a, b]])")
+            self.task = _inline_task(self.data, self.text_column, self.label_column)
+            return
+        spec = _task(self.task)
+        if spec.data is None:
+            self.task = spec.name
+
+    def task_spec(self):
+        """The run's ``TaskSpec`` (GLUE, a task file or ``--data``)."""
+        return get_task(self.task)
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -277,6 +308,7 @@ class RunConfig:
             out[f.name] = getattr(self, f.name)
         out["options"] = self.variant_options()
         out["memory_budget"] = self.budget_bytes()
+        out["task"] = self.task_spec().name  # a task file's name, not its path (the data fingerprint has its data)
         if self.num_processes == 1:  # the run ids of single-process runs predate the field
             del out["num_processes"]
         for name in ("model_dropout", "val_size", "regularizer"):  # nor does an unset newer field change them
@@ -343,6 +375,19 @@ def _task(name: str):
         return get_task(name)
     except DataError as e:
         raise ConfigError(str(e)) from None
+
+
+def _inline_task(data: str, text: list[str], label: str) -> str:
+    """The key of the task ``--data FILE --text-column ... --label-column ...`` defines (registered)."""
+    from .data.glue import INLINE, TaskSpec
+    from .data.taskfile import inline_spec
+
+    try:
+        key, spec = inline_spec(data, text, label, TaskSpec)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    INLINE[key] = spec
+    return key
 
 
 def _variant(name: str):

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from .choices import METRIC_NAMES
+
 
 def _array(x, dtype=None) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor, possibly on GPU
@@ -112,6 +114,7 @@ METRICS: dict[str, Callable[..., float]] = {
     "pearson": pearson,
     "spearman": spearman,
 }
+assert tuple(METRICS) == METRIC_NAMES  # task files name metrics through choices.METRIC_NAMES
 
 
 def _spec(task):

@@ -292,7 +292,7 @@ def load_model(name: str, task: Any, *, head: str = "cls", layers: int | None = 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if isinstance(task, str):
-        from .data import get_task
+        from .data.glue import get_task
 
         task = get_task(task)
     if head not in ("cls", "lm"):

@@ -77,7 +77,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .data.glue import get_task
-from .errors import ConfigError, DataError, ResultWriteError
+from .errors import DataError, ResultWriteError
 from . import ids, kinds
 from .outputs import check_output_folder, refuse_overwriting_inputs  # noqa: F401  (results.refuse_...)
 from .measure import environment

@@ -59,6 +59,14 @@ def read_splits(spec: TaskSpec) -> tuple[str, ...]:
 def fingerprint_of(source: Source, spec: TaskSpec) -> dict[str, Any]:
     """The fingerprint of the data a run of ``spec`` reads from ``source`` (``glue.locate``); raises
     DataError when a split file is missing."""
+    if spec.data is not None:  # a task file: its files (or hub dataset) and its mapping, each split checked now
+        for split in read_splits(spec):  # bad data is an input error, found before any model loads
+            source.load(spec, split)
+        if source.kind == "hub":
+            return {"source": "hub", "dataset": source.dataset_of(spec), "config": spec.hub_config or None,
+                    "revision": source.revision, "mapping": spec.data.mapping()}
+        return {"source": "taskfile", "files": {split: file_sha256(source.file(spec, split, must_exist=True))
+                                                for split in read_splits(spec)}, "mapping": spec.data.mapping()}
     if source.kind == "hub":
         return {"source": "hub", "dataset": source.dataset, "config": spec.hub_config, "revision": source.revision}
     return {"source": "folder", "files": {split: file_sha256(source.file(spec, split, must_exist=True))
@@ -72,6 +80,10 @@ def short(data: dict | None) -> str:
         return "unrecorded"
     if data["source"] == "hub":
         return f"hub:{data.get('dataset')}@{data.get('revision') or 'latest'}"
+    if data["source"] == "taskfile":
+        files = data.get("files") or {}
+        text = "".join(f"{k}={files[k]};" for k in sorted(files)) + json.dumps(data.get("mapping"), sort_keys=True)
+        return f"file:{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     files = data.get("files") or {}
     digest = hashlib.sha256("".join(f"{k}={files[k]};" for k in sorted(files)).encode()).hexdigest()
     return f"folder:{digest[:8]}"

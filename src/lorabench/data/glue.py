@@ -16,19 +16,14 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
+from .example import Example
 
 HUB_DATASET = "nyu-mll/glue"
 ENV_DIR = "LORABENCH_GLUE_DIR"
 FIX_DIR = f"pass --data-dir (or set {ENV_DIR}) to a GLUE folder"
-
-
-@dataclass(frozen=True)
-class Example:
-    text_a: str
-    text_b: str | None
-    label: int | float  # class index, STS-B score, or -1 when the split has no labels
 
 
 @dataclass(frozen=True)
@@ -65,6 +60,8 @@ class TaskSpec:
     #: estimate's cost per example. Measured on 2,000 training rows with MiniLM's tokenizer for
     #: SST-2, CoLA, MRPC, RTE, STS-B; approximate for QQP, MNLI, QNLI (not on this machine).
     mean_tokens: float = 40.0
+    #: a task defined by a task file or ``--data`` (``data.taskfile.TaskData``); None for GLUE
+    data: Any = field(default=None, hash=False, compare=False)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -138,14 +135,26 @@ def task_key(name: object) -> str:
     return spec.name if spec is not None else _norm(str(name))
 
 
+#: Tasks made from ``--data FILE --text-column ... --label-column ...`` in this process, by key.
+INLINE: dict[str, TaskSpec] = {}
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
 def get_task(task: str | TaskSpec) -> TaskSpec:
-    """``"SST-2"``, ``"sst2"``, ``"sts-b"``, ``"STSB"`` -> TaskSpec (case and '-'/'_' ignored)."""
+    """``"SST-2"``, ``"sst2"``, ``"sts-b"``, ``"STSB"`` -> TaskSpec (case and '-'/'_' ignored); a path
+    to a task file (``.yaml``) -> its TaskSpec (``data.taskfile``); an ``--data`` task's key."""
     if isinstance(task, TaskSpec):
         return task
+    if str(task) in INLINE:
+        return INLINE[str(task)]
+    if str(task).lower().endswith(TASK_FILE_SUFFIXES):
+        from .taskfile import task_from_file
+
+        return task_from_file(str(task), TaskSpec)
     spec = TASKS.get(_norm(task))
     if spec is None:
         known = ", ".join(t.display for t in TASKS.values())
-        raise DataError(f"unknown GLUE task {task!r}; choose one of: {known}")
+        raise DataError(f"unknown GLUE task {task!r}; choose one of: {known}, or pass a task file (my_task.yaml)")
     return spec
 
 
@@ -253,19 +262,36 @@ class Source:
         return f"hub:{HUB_DATASET}" + (f"@{self.revision}" if self.revision else "")
 
     def task_dir(self, spec: TaskSpec) -> Path:
+        if spec.data is not None:
+            return Path(spec.data.folder)
         return _task_dir(self.path, spec) or self.path / spec.glue_dir
 
     @property
     def dataset(self) -> str | None:
         return HUB_DATASET if self.kind == "hub" else None
 
+    def dataset_of(self, spec: TaskSpec) -> str | None:
+        """The hub dataset ``spec`` reads from this source (a task file's own, else GLUE's)."""
+        if spec.data is not None and spec.data.hub:
+            return dict(spec.data.hub)["dataset"]
+        return self.dataset
+
     def file(self, spec: TaskSpec, split: str, must_exist: bool = False) -> Path:
+        if spec.data is not None:  # a task file: the file the split is read from (a carved dev: train's)
+            path = spec.data.path(spec.data.read_from(split))
+            if must_exist and not path.is_file():
+                raise DataError(f"task file {spec.data.origin}: split {split!r}: {path} does not exist; fix files")
+            return path
         path = self.task_dir(spec) / spec.files[split]
         return check_file(path, spec) if must_exist else path
 
     def load(self, task: str | TaskSpec, split: str) -> list[Example]:
         spec = get_task(task)
         check_split(spec, split)
+        if spec.data is not None:
+            from .taskfile import checked_examples
+
+            return checked_examples(spec.data, spec, split)
         if self.kind == "folder":
             return read_tsv(self.file(spec, split), spec, split)
         return _read_hub(spec, split, self.tried, self.revision)
@@ -294,6 +320,13 @@ def locate(data_dir: str | os.PathLike | None = None, task: str | TaskSpec | Non
     through to the hub.
     """
     spec = get_task(task) if task is not None else None
+    if spec is not None and spec.data is not None:  # a task file names its own data
+        for given, what in ((data_dir, "--data-dir"), (revision, "--data-revision")):
+            if given is not None:
+                raise DataError(f"{what} {str(given)!r} is for GLUE; task {spec.name} reads what {spec.data.origin} "
+                                f"names (pin a hub dataset's revision there); drop {what}")
+        return Source("hub" if spec.data.hub else "taskfile", None if spec.data.hub else Path(spec.data.folder),
+                      (spec.data.origin,), dict(spec.data.hub).get("revision"))
     if revision is not None:
         if data_dir is not None:
             raise DataError(f"--data-revision {revision!r} pins the hub dataset, --data-dir {str(data_dir)!r} "
@@ -320,7 +353,7 @@ def resolve_source(data_dir: str | os.PathLike | None = None, task: str | TaskSp
     """``locate``, and when that is the hub, make sure ``datasets`` is installed. Raises DataError
     listing everything tried when nothing works."""
     source = locate(data_dir, task, revision)
-    if source.kind == "hub":
+    if source.kind == "hub" and not (task is not None and get_task(task).data is not None):
         try:
             import datasets  # noqa: F401  (optional dependency, imported only when needed)
         except ImportError:
