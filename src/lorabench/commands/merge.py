@@ -12,11 +12,25 @@ the task's own head, no update: the lower bound). DIR/merge.json holds the resul
 below), DIR/merge.md the printed task table; one call is one method, so a method x task table is
 the README's merge-glue recipe (one call per method).
 
-merge.json: schema "lorabench-merge", schema_version 1, method, options (weights, rank, and the
+merge.json: schema "lorabench-merge", schema_version 1, key (a 16-hex hash of what made the merge:
+method, options, each source's content and folder), method, options (weights, rank, and the
 density / k / seed the method reads), variant "lora", rank, sources [{adapter, folder, task, run_id,
 variant, options, weight}], adapters {folder: path}, eval {eval_limit, max_length, batch_size,
 data_dir} (null with --no-eval), tasks {folder: {task, primary_metric, own, merged, no_adapter}}
-(each {split: {metric: value}}; absent with --no-eval), lorabench_version, created_at.
+(each {split: {metric: value}}; absent with --no-eval), lorabench_version, created_at. It is first
+written right after the adapters (eval null), then again with the evaluation.
+
+One --out holds one merge. Rule: DIR must be new or empty, or hold only the files of this very
+merge (a merge.json with the same key, its task folders and merge.md), which are then rewritten;
+anything else is refused (exit 2) before any compute. We chose refusing over a subfolder per merge
+(DIR/<hash>/) because DIR/<task>/ and DIR/merge.json are the documented layout that the README's
+merge-glue recipe and scripts read, a hash-named folder would make every result harder to find,
+and a refused call costs nothing (it is checked before compute). Re-running the same merge (e.g.
+with evaluation after --no-eval) stays possible. Every check runs before anything is written:
+the flags (non-finite --weights), --out (writable, not an input, holding no other merge), the
+adapters (each once: one folder twice, or two copies of one adapter, would count its update twice;
+the task each run JSON names is one plain folder name, outputs.safe_name) and, unless --no-eval,
+every task's dev data.
 """
 
 from __future__ import annotations
@@ -31,9 +45,11 @@ import torch
 from .. import models, results
 from .._version import __version__
 from ..data import get_task
+from ..data.glue import resolve_source
 from ..merging import registry as methods
-from ..merging.merge import Merged, Source, merge_adapters
-from ..merging.write import write_adapter, write_merged
+from ..merging.merge import Merged, Source, compute, plan_merge
+from ..merging.write import RECORD, TABLE, check_out, task_folders, write_adapter, write_merged
+from ..outputs import check_output_folder, refuse_overwriting_inputs
 from ..pack.eval import evaluate_adapters
 from ..tables import Table, to_markdown
 from .args import positive_int
@@ -70,6 +86,17 @@ def _data_dir(args: argparse.Namespace, source: Source) -> str | None:
     return own if isinstance(own, str) and Path(own).is_dir() else None
 
 
+def check_data(merged: Merged, args: argparse.Namespace, out: Path) -> None:
+    """Every task is a GLUE task whose dev files are there and read, and --out is not in its data."""
+    for s in merged.sources:
+        spec = get_task(s.task)
+        source = resolve_source(_data_dir(args, s), task=spec)
+        if source.kind == "folder":
+            refuse_overwriting_inputs(out, [source.path])
+            for split in spec.dev_splits:
+                source.load(spec, split)
+
+
 def evaluate_tasks(merged: Merged, folders: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]:
     """{folder: {task, primary_metric, own, merged, no_adapter}}: each task in one pass over its dev set."""
     out = {}
@@ -103,18 +130,27 @@ def task_table(record: dict) -> Table:
 def cmd_merge(args: argparse.Namespace) -> int:
     if not args.debug:
         models.quiet_transformers()
-    merged = merge_adapters(args.adapters, args.method, weights=args.weights, density=args.density, k=args.k,
-                                    seed=args.seed)
     out = Path(args.out)
-    results.check_writable(out)
+    refuse_overwriting_inputs(out, [*args.adapters, *([args.data_dir] if args.data_dir else [])])
+    check_output_folder(out)
+    merged = plan_merge(args.adapters, args.method, weights=args.weights, density=args.density, k=args.k,
+                        seed=args.seed)  # every check of the flags and adapters; nothing computed yet
+    names = task_folders(merged.sources)
+    key = merged.key(names)
+    if not args.no_eval:
+        check_data(merged, args, out)
+    check_out(out, key, names)
+    compute(merged)
     folders = write_merged(merged, out)
-    record = {"schema": "lorabench-merge", "schema_version": 1, "method": merged.method, "options": merged.options(),
-              "variant": "lora", "rank": merged.rank,
+    record = {"schema": "lorabench-merge", "schema_version": 1, "key": key, "method": merged.method,
+              "options": merged.options(), "variant": "lora", "rank": merged.rank,
               "sources": [{"adapter": str(s.directory), "folder": name, "task": s.task, "run_id": s.result.get("run_id"),
                            "variant": s.config["variant"], "options": s.config["options"], "weight": w}
                           for name, s, w in zip(folders, merged.sources, merged.weights)],
               "adapters": {name: str(path) for name, path in folders.items()},
               "eval": None, "lorabench_version": __version__, "created_at": results.now()}
+    (out / TABLE).unlink(missing_ok=True)  # a re-run's: this run writes its own, or none
+    results.write_json_atomic(out / RECORD, record)  # the adapters just written, listed before evaluating
     print(f"merged {len(merged.sources)} adapters ({merged.method}, rank {merged.rank}): {out}/<task>/")
     if not args.no_eval:
         record["eval"] = {"eval_limit": args.eval_limit, "max_length": args.max_length, "batch_size": args.batch_size,
@@ -122,7 +158,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         record["tasks"] = evaluate_tasks(merged, folders, args)
         table = to_markdown(task_table(record))
         print(table)
-        (out / "merge.md").write_text(table + "\n")
-    results.write_json_atomic(out / "merge.json", record)
-    print(f"result: {out / 'merge.json'}")
+        (out / TABLE).write_text(table + "\n")
+        results.write_json_atomic(out / RECORD, record)
+    print(f"result: {out / RECORD}")
     return 0

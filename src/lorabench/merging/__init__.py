@@ -13,9 +13,9 @@ lower bound.
 
 from __future__ import annotations
 
-from .merge import Merged, Source, merge_adapters, mergeable_variants, read_source
-from .write import write_adapter, write_merged
+from .merge import Merged, Source, compute, merge_adapters, mergeable_variants, plan_merge, read_source
+from .write import check_out, write_adapter, write_merged
 from .registry import Method, get, names, register
 
-__all__ = ["Merged", "Method", "Source", "get", "mergeable_variants", "merge_adapters", "names", "read_source", "register",
-           "write_adapter", "write_merged"]
+__all__ = ["Merged", "Method", "Source", "check_out", "compute", "get", "mergeable_variants", "merge_adapters", "names",
+           "plan_merge", "read_source", "register", "write_adapter", "write_merged"]

@@ -11,11 +11,19 @@ plain LoRAs and the merged adapter applies to the original base.
 Every adapter needs the result JSON that ``lorabench train --save-adapter`` writes beside it
 (``run-<id>.json`` beside ``run-<id>-adapter/``): it names the adapter's task. All adapters must
 share the base model, its weights (fingerprint), architecture and target layers; no method needs
-equal ranks (every method works on the factors or on dW = B A).
+equal ranks (every method works on the factors or on dW = B A). The task a run JSON names becomes
+a folder name (``out/<task>/``), so it must be one plain path component (``outputs.safe_name``).
+
+``plan_merge`` runs every check (options and finite weights first, before any file is read; then
+each adapter once: one folder passed twice, or two folders of the same content, is refused, as it
+would count one update twice) and ``compute`` does the math; ``merge_adapters`` is both.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,7 @@ from ..adapter_files import read_json
 from ..adapters import registry
 from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError, VariantError
+from ..outputs import safe_name
 from . import concat, dare, lego, linear, ties  # noqa: F401  (register the methods)
 from . import registry as methods
 
@@ -39,6 +48,7 @@ class Source:
     result: dict  # the run's result JSON
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer -> (B (out, r), A (r, in)), B A = dW
     head: dict[str, torch.Tensor]  # the task head's tensors (every saved tensor outside the adapters)
+    digest: str = ""  # sha256 of the factors and head: equal for two copies of one adapter
 
     @property
     def task(self) -> str:
@@ -71,7 +81,19 @@ def result_beside(directory: Path) -> dict:
     result = read_json(path, missing=missing, fix="train the adapter again")
     if not isinstance(result, dict) or not isinstance(result.get("task"), str):
         raise AdapterFileError(f"{path} names no task (a 'task' string); is it a lorabench result JSON?")
+    safe_name(result["task"], f"the task in {path}")  # it becomes the folder out/<task>/
     return result
+
+
+def content_digest(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], head: dict[str, torch.Tensor]) -> str:
+    """sha256 of every factor and head tensor (names, shapes and float32 values)."""
+    h = hashlib.sha256()
+    named = [(f"{n}.{k}", t) for n, (B, A) in factors.items() for k, t in (("B", B), ("A", A))] + sorted(head.items())
+    for name, t in named:
+        t = t.detach().float().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_source(directory: str | Path) -> Source:
@@ -100,14 +122,19 @@ def read_source(directory: str | Path) -> Source:
             B, A = variant.lowrank_factors()  # B @ A: the change to the original base weight
         factors[layer] = (B.detach().float(), A.detach().float())
     head = {k: v for k, v in tensors.items() if k not in owned and not k.startswith("lorabench_shared.")}
-    return Source(directory, config, result, factors, head)
+    return Source(directory, config, result, factors, head, content_digest(factors, head))
+
+
+def check_count(n: int) -> None:
+    if n < 2:
+        raise AdapterFileError(f"merging needs two or more adapters, got {n}; pass several "
+                               "run-<id>-adapter folders (one per task)")
 
 
 def check_sources(sources: list[Source]) -> None:
-    """One base, one architecture and the same target layers for all, or an error naming the two that differ."""
-    if len(sources) < 2:
-        raise AdapterFileError(f"merging needs two or more adapters, got {len(sources)}; pass several "
-                               "run-<id>-adapter folders (one per task)")
+    """One base, one architecture and the same target layers for all, and no adapter twice, or an
+    error naming the two."""
+    check_count(len(sources))
     first = sources[0]
     for s in sources[1:]:
         for key, what in (("targets", "target layers"), ("base_model", "base model"), ("fingerprint", "base weights")):
@@ -119,6 +146,23 @@ def check_sources(sources: list[Source]) -> None:
         if digest != (first.config.get("architecture") or {}).get("digest"):
             raise AdapterFileError(f"{s.directory} and {first.directory} were saved from different architectures "
                                    "(layer count or shapes); merge adapters of one base with the same --layers")
+    for i, s in enumerate(sources):
+        for t in sources[:i]:
+            if s.digest and s.digest == t.digest:
+                raise AdapterFileError(f"adapter {s.directory} is the same adapter as {t.directory} (equal factors and "
+                                       "head); pass each adapter once (--weights weighs one more)")
+
+
+def check_distinct_folders(directories: list[str | Path]) -> None:
+    """One folder passed twice (the same resolved path) is refused, naming it."""
+    seen: dict[Path, str | Path] = {}
+    for d in directories:
+        key = Path(d).resolve()
+        if key in seen:
+            also = f" (also as {seen[key]})" if str(seen[key]) != str(d) else ""
+            raise AdapterFileError(f"adapter {d} is passed twice{also}; pass each adapter once (--weights weighs one "
+                                   "more)")
+        seen[key] = d
 
 
 @dataclass
@@ -139,6 +183,12 @@ class Merged:
         return {"weights": self.weights, "rank": self.rank, **{k: getattr(self, k) for k in ("density", "k", "seed")
                                                                 if k in used}}
 
+    def key(self, folders: list[str]) -> str:
+        """A short hash of what makes this merge: method, options, each source's content and folder name."""
+        what = {"method": self.method, "options": self.options(),
+                "sources": [[s.digest, name] for s, name in zip(self.sources, folders)]}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def check_options(method: type, n: int, weights: list[float] | None, density: float | None, k: int | None,
                   seed: int | None) -> tuple[list[float], float | None]:
@@ -150,6 +200,9 @@ def check_options(method: type, n: int, weights: list[float] | None, density: fl
         raise VariantError(f"method {method.name!r} takes no {', '.join(extra)} (it takes {takes}); drop the flag")
     if weights is not None and len(weights) != n:
         raise VariantError(f"--weights has {len(weights)} values for {n} adapters; give one weight per adapter")
+    if weights is not None and not all(math.isfinite(w) for w in weights):
+        raise VariantError(f"--weights must be finite numbers, got {' '.join(map(str, weights))}; give one finite "
+                           "weight per adapter, e.g. --weights 0.5 0.5")
     if "density" in method.uses:
         density = method.default_density if density is None else density
         if not 0.0 < density <= 1.0:
@@ -159,20 +212,36 @@ def check_options(method: type, n: int, weights: list[float] | None, density: fl
     return (method.default_weights(n) if weights is None else list(weights)), density
 
 
-def merge_adapters(directories: list[str | Path], method: str, *, weights: list[float] | None = None,
-                   density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
-    """Merge the adapters in ``directories`` (see the package docstring); every check runs first."""
+def plan_merge(directories: list[str | Path], method: str, *, weights: list[float] | None = None,
+               density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
+    """Every check of a merge, no compute: the options (before any file is read), then the
+    adapters. The returned Merged has no factors yet (``compute``)."""
     cls = methods.get(method)
+    check_count(len(directories))
+    weights, density = check_options(cls, len(directories), weights, density, k, seed)
+    check_distinct_folders(directories)
     sources = [read_source(d) for d in directories]
     check_sources(sources)
-    weights, density = check_options(cls, len(sources), weights, density, k, seed)
     rank = cls.rank([s.rank for s in sources], k)
     shapes = {layer: (B.shape[0], A.shape[1]) for layer, (B, A) in sources[0].factors.items()}
     layer, (n_out, n_in) = min(shapes.items(), key=lambda kv: min(kv[1]))
     if rank > min(n_out, n_in):
         raise VariantError(f"the merged rank {rank} is larger than min(in, out) = {min(n_out, n_in)} of layer {layer!r}; "
                            f"merge fewer adapters or pass --k {min(n_out, n_in)} or less")
-    generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    factors = {name: cls.merge_layer([s.factors[name] for s in sources], weights, rank, density, generator)
-               for name in sources[0].config["targets"]}
-    return Merged(cls.name, weights, density, k, 0 if seed is None else seed, rank, sources, factors)
+    return Merged(cls.name, weights, density, k, 0 if seed is None else seed, rank, sources, {})
+
+
+def compute(merged: Merged) -> Merged:
+    """Fill ``merged.factors``: the method's merge, layer by layer in the adapters' target order."""
+    cls = methods.get(merged.method)
+    generator = torch.Generator().manual_seed(merged.seed)
+    merged.factors = {name: cls.merge_layer([s.factors[name] for s in merged.sources], merged.weights, merged.rank,
+                                            merged.density, generator)
+                      for name in merged.sources[0].config["targets"]}
+    return merged
+
+
+def merge_adapters(directories: list[str | Path], method: str, *, weights: list[float] | None = None,
+                   density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
+    """Merge the adapters in ``directories`` (see the package docstring); every check runs first."""
+    return compute(plan_merge(directories, method, weights=weights, density=density, k=k, seed=seed))
