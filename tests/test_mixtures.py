@@ -247,7 +247,9 @@ def test_end_to_end_remix_writes_per_task_metrics_and_usage(tmp_path):
     out = tmp_path / "remix"
     assert cli(["mixture", "--tasks", "sst2,mrpc", "--method", "remix", "--samples", "2", *TINY,
                 "--data-dir", str(GLUE), "--out", str(out), "--quiet"]) == 0
-    record = json.loads((out / "mixture.json").read_text())
+    [path] = out.glob("mixture-*.json")  # one file per run id
+    record = json.loads(path.read_text())
+    assert path.name == f"mixture-{record['run_id']}.json"
     assert record["schema"] == "lorabench-mixture" and record["schema_version"] == 1
     assert set(record["tasks"]) == {"sst2", "mrpc"}
     assert 0 <= record["tasks"]["mrpc"]["dev"]["validation"]["f1"] <= 1
@@ -258,7 +260,7 @@ def test_end_to_end_remix_writes_per_task_metrics_and_usage(tmp_path):
     assert math.isclose(usage["overall"]["ess"], 2.0, rel_tol=1e-4)  # equal weights 1/k, k = 2
     assert len(record["targets"]) == 8  # q, k, v, o of 2 layers
     assert "remix (E=4, k=2" in (out / "mixture.md").read_text()
-    assert cli(["mixture", "--table", str(out / "mixture.json"), "--out", str(tmp_path)]) == 0
+    assert cli(["mixture", "--table", str(path), "--out", str(tmp_path)]) == 0
     assert "sst2 accuracy" in (tmp_path / "table.md").read_text()
 
 

@@ -170,7 +170,8 @@ def mixture_run(tmp_path, *extra: str) -> tuple[dict, str]:
                          "--eval-limit", "16", "--max-length", "16", "--batch-size", "16", "--data-dir", str(GLUE),
                          "--out", str(out), "--quiet", *extra])
     assert args.func(args) == (1 if "1e4" in extra else 0)  # a diverged run is written, and exits 1
-    return json.loads((out / "mixture.json").read_text()), (out / "mixture.md").read_text()
+    [path] = out.glob("mixture-*.json")  # one file per run id
+    return json.loads(path.read_text()), (out / "mixture.md").read_text()
 
 
 @needs_glue

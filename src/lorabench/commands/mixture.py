@@ -6,15 +6,23 @@ encoder with a head per task, adapted by one shared LoRA or by routed LoRA exper
     lorabench mixture --tasks sst2,mrpc --method lora --out runs/mix/shared-lora
     lorabench mixture --tasks sst2,mrpc --method lora_mixer --experts-from sst2-adapter mrpc-adapter --out ...
     lorabench mixture --config mix.yaml --epochs 2 --out runs/mix/a       (flags override the file)
-    lorabench mixture --table runs/mix/*/mixture.json                     (the comparison table only)
+    lorabench mixture --table runs/mix                                     (the comparison table only)
 
 Methods: ``lora`` (one LoRA on q,k,v,o shared by all tasks; with one task, the single-task
 baseline), ``lora_mixer`` and ``remix`` (``lorabench.mixtures``). Every batch is one task's
-(``--sampling proportional`` or ``temperature``). DIR/mixture.json holds the result, DIR/mixture.md
-its tables (from the JSON).
+(``--sampling proportional`` or ``temperature``). DIR/mixture-<run_id>.json holds the result, one
+file per run id, so runs of other methods or settings into one DIR sit side by side and a rerun of
+the same config replaces its own file only (``mixtures.store``); DIR/mixture.md holds the tables of
+every mixture result in DIR (from the JSONs). ``--table`` reads files and folders (an old
+DIR/mixture.json too). Every bad input -- a setting's type or range, an adapter named twice or
+holding the same weights as another, adapters of another architecture, an --out that cannot be
+written or that is an input -- is refused before compute (exit 2).
 
-mixture.json: schema "lorabench-mixture", schema_version 1, run_id, status ("ok" or "diverged"),
-error, method, router (its one-line
+mixture-<run_id>.json: schema "lorabench-mixture", schema_version 1, run_id (the first 12 hex digits
+of the sha256 of the settings that change the result -- every setting but data_dir and
+experts_from, the precision as resolved on this machine, router options with their defaults --
+and of ``data``), data {tasks {task: data fingerprint (``data.fingerprint``)}, experts [digest of
+each frozen adapter's weights] or null}, status ("ok" or "diverged"), error, method, router (its one-line
 description, null for lora), config (every setting), targets (adapted layers), tasks {task:
 {primary_metric, dev {split: {metric: value}}, train_batches}}, history [{epoch, step, train_loss,
 tasks}], usage (null for lora; else {overall, per_task, per_block}, each {fraction, entropy, cv,
@@ -27,28 +35,30 @@ status; a mixture is not yet a result envelope (``report`` does not read it).
 from __future__ import annotations
 
 import argparse
-import sys
 import dataclasses
-import hashlib
-import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from .. import models, results
+from .. import ids, models, outputs, results
 from .._version import __version__
 from ..choices import PRECISIONS
+from ..data.fingerprint import fingerprint_of
+from ..data.glue import get_task, locate
 from ..errors import ConfigError
 from ..mixtures import registry as routers
+from ..mixtures import store
 from ..mixtures.build import build
 from ..mixtures.config import from_mapping, read_yaml
 from ..mixtures.frozen import read_experts
 from ..mixtures.loop import fit
 from ..mixtures.report import compare_table, task_usage_table
 from ..tables import to_markdown
+from ..training.placement import placement
 from .args import positive_int
 
-SCHEMA, SCHEMA_VERSION = "lorabench-mixture", 1
+SCHEMA, SCHEMA_VERSION = store.SCHEMA, store.SCHEMA_VERSION
 #: flag dest -> config field, for the flags a user may set (None: not given, the file's or default).
 FLAGS = ("tasks", "method", "model", "layers", "targets", "experts", "k", "r", "alpha", "rsl_weight", "samples",
          "experts_from", "sampling", "temperature", "train_limit", "eval_limit", "max_length", "batch_size", "lr",
@@ -90,9 +100,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="GLUE folder [as lorabench train finds it]")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast of every forward, training and evaluation: "
                                                             "auto is bf16 on a GPU that has it, else fp32 [auto]")
-    p.add_argument("--out", metavar="DIR", help="folder for mixture.json and mixture.md")
-    p.add_argument("--table", nargs="+", metavar="JSON", help="print the comparison table of these mixture.json "
-                                                               "files (no training); with --out, also write DIR/table.md")
+    p.add_argument("--out", metavar="DIR", help="folder for mixture-<run_id>.json (one per run id) and mixture.md "
+                                                "(the tables of every mixture result in DIR)")
+    p.add_argument("--table", nargs="+", metavar="PATH", help="print the comparison table of these mixture results: "
+                                                               "files, or folders (every result in them and their "
+                                                               "subfolders); no training. With --out, also write "
+                                                               "DIR/table.md")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_mixture)
     return p
@@ -105,29 +118,42 @@ def config_from(args: argparse.Namespace):
 
 
 def read_records(paths: list[str]) -> list[dict]:
-    out = []
-    for path in paths:
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read {path} ({e}); pass mixture.json files written by lorabench mixture") from None
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-            raise ConfigError(f"{path} is not a {SCHEMA} result; pass mixture.json files written by lorabench mixture")
-        out.append(record)
-    return out
+    """The mixture records of ``paths`` (files or folders; ``store.read_records``)."""
+    return store.read_records(paths)
 
 
-def run_record(cfg, progress: bool) -> dict:
-    """Build, train and evaluate one run; the result record (see the module docstring)."""
+def identity(cfg, experts: tuple | None = None) -> tuple[str, dict]:
+    """(run id, data) of a run, known before it computes: the settings that change its result (not
+    where the data or the adapters live, the precision as it resolves here, the router's options with
+    their defaults, none of a router's for method lora, no temperature for proportional sampling),
+    each task's data fingerprint and each frozen adapter's weight digest."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data_dir", "experts_from")}
+    config["precision"] = placement(cfg.precision)[1]
+    if cfg.routed:
+        config.update(dataclasses.asdict(routers.get(cfg.method).make_options(cfg.experts, **cfg.router_options())))
+    else:
+        for key in ("experts", "k", "rsl_weight", "samples"):
+            del config[key]
+    if cfg.sampling == "proportional":
+        del config["temperature"]
+    data = {"tasks": {t: fingerprint_of(locate(cfg.data_dir, t), get_task(t)) for t in cfg.tasks},
+            "experts": [ex["__digest__"] for ex in experts[2]] if experts else None}
+    return ids.run_id(config, data), data
+
+
+def run_record(cfg, progress: bool, experts: tuple | None = None, run: tuple[str, dict] | None = None) -> dict:
+    """Build, train and evaluate one run; the result record (see the module docstring). ``experts``:
+    ``read_experts(cfg.experts_from)``, ``run``: ``identity(cfg, experts)`` (both read when not given)."""
     config = dataclasses.asdict(cfg)
-    experts = read_experts(cfg.experts_from) if cfg.experts_from else None  # adapters checked before the model loads
+    if experts is None and cfg.experts_from:
+        experts = read_experts(cfg.experts_from)  # adapters checked before the model loads
+    run_id, data = run if run is not None else identity(cfg, experts)
     built = build(cfg, experts, progress=progress)
     summary = fit(built.model, built.train, built.dev, cfg, progress=progress)
     params = {id(p): p for p in built.model.parameters()}
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "run_id": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": run_id,
             "method": cfg.method, "router": routers.get(cfg.method).description if cfg.routed else None,
-            "config": config, "targets": built.targets,
+            "config": config, "data": data, "targets": built.targets,
             "status": summary["status"], "error": summary["error"],
             # a diverged run has no dev metric: NaN (null in the JSON, "nan" in the table), never a number
             "tasks": {t: {"primary_metric": built.model.specs[t].primary_metric,
@@ -148,27 +174,41 @@ def tables_md(records: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def cmd_table(paths: list[str], out: str | None) -> int:
+    """``--table``: print the comparison table; with --out, also DIR/table.md (never over an input)."""
+    if out is not None:
+        for target in (Path(out), Path(out) / "table.md"):
+            outputs.refuse_overwriting_inputs(target, paths)
+        outputs.check_output_folder(out)
+    text = tables_md(read_records(paths))
+    print(text)
+    if out is not None:
+        store.write_text(Path(out) / "table.md", text + "\n")
+    return 0
+
+
 def cmd_mixture(args: argparse.Namespace) -> int:
     if args.table:
-        text = tables_md(read_records(args.table))
-        print(text)
-        if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "table.md").write_text(text + "\n")
-        return 0
+        return cmd_table(args.table, args.out)
     if not args.out:
-        raise ConfigError("--out DIR is required for a run (or pass --table JSON... for a table only)")
+        raise ConfigError("--out DIR is required for a run (or pass --table PATH... for a table only)")
     cfg = config_from(args)  # every bad setting fails here, before any model or data loads
     out = Path(args.out)
-    results.check_writable(out)
+    inputs = [p for p in (args.config, *cfg.experts_from, cfg.data_dir) if p]
+    outputs.refuse_overwriting_inputs(out, inputs)
+    outputs.check_output_folder(out)
+    experts = read_experts(cfg.experts_from) if cfg.experts_from else None  # the same weights twice: refused
+    run = identity(cfg, experts)
+    for target in (store.result_path(out, run[0]), out / store.TABLES):
+        outputs.refuse_overwriting_inputs(target, inputs)
     if not getattr(args, "debug", False):
         models.quiet_transformers()
-    record = run_record(cfg, progress=not args.quiet)
-    results.write_json_atomic(out / "mixture.json", record)
-    text = tables_md([record])
-    (out / "mixture.md").write_text(text + "\n")
-    print(text)
-    print(f"result: {out / 'mixture.json'}")
+    record = run_record(cfg, progress=not args.quiet, experts=experts, run=run)
+    path = store.write_result(out, record)  # this run's own file: a rerun replaces it, nothing else
+    store.write_text(out / store.TABLES, tables_md(store.folder_records(out)) + "\n")
+    print(tables_md([record]))
+    print(f"result: {path}")
+    print(f"tables of every mixture result in {out}: {out / store.TABLES}")
     if record["status"] != "ok":  # written all the same; the exit code says it is not a result to use
         print(f"error: run {record['status']}: {record['error']}", file=sys.stderr)
         return 1

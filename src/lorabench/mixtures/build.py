@@ -15,6 +15,7 @@ from ..errors import AdapterFileError
 from . import registry
 from .config import MixtureConfig
 from .experts import ExpertOptions, apply_experts, attention_targets
+from .frozen import check_architecture
 from .interleave import Interleaved
 from .multitask import MultiTaskModel
 
@@ -31,6 +32,10 @@ class Built:
 def build_model(cfg: MixtureConfig, experts: tuple | None = None) -> tuple[MultiTaskModel, object, list[str]]:
     """``experts``: ``frozen.read_experts(cfg.experts_from)`` when the run has frozen experts."""
     clf, tokenizer = models.load_model(cfg.model, get_task(cfg.tasks[0]), layers=cfg.layers, pooling="mean")
+    if cfg.routed and cfg.experts_from:
+        if experts is None:
+            raise ValueError("experts_from is set: pass experts=frozen.read_experts(cfg.experts_from)")
+        check_architecture(clf, cfg.experts_from, experts[2])  # before anything is wrapped or trained
     backbone = getattr(clf, clf.prefix)
     torch.manual_seed(cfg.seed)  # heads, experts and routers start the same for a seed
     model = MultiTaskModel(clf.prefix, backbone, {t: get_task(t) for t in cfg.tasks}, clf.dropout.p)
@@ -44,8 +49,6 @@ def build_model(cfg: MixtureConfig, experts: tuple | None = None) -> tuple[Multi
     if not cfg.experts_from:
         opts = ExpertOptions(cfg.experts, cfg.r, cfg.alpha)
         return model, tokenizer, apply_experts(model, backbone, targets, opts, router_cls, router_opts)
-    if experts is None:
-        raise ValueError("experts_from is set: pass experts=frozen.read_experts(cfg.experts_from)")
     full, rank, factors = experts
     inner = [n.removeprefix(f"{clf.prefix}.") for n in full]
     opts = ExpertOptions(len(factors), rank, float(rank))  # scale 1: each adapter's own is folded into B
