@@ -5,12 +5,15 @@ with it and the caller's fix: ``missing`` (the file is not there) or ``fix`` (it
 valid: truncated, corrupt, not UTF-8). lorabench's own adapters (``checkpoint``), PEFT folders
 (``peft_import``) and the result JSON beside an adapter (``merging.merge``) are read through them,
 so every adapter file is read the same safe way: JSON with ``json.loads``, tensors with
-``safetensors.torch.load_file``, nothing unpickled.
+``safetensors.torch.load_file``, nothing unpickled. ``check_finite`` refuses a file holding a NaN or
+infinite tensor (a diverged or damaged adapter scores nonsense, never an ordinary number), and
+``recorded_task`` reads the GLUE task a run recorded for the adapter it saved.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,39 @@ def read_safetensors(path: Path, *, missing: str, fix: str | None = None) -> dic
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterFileError(f"{path} is truncated or corrupt ({e})" + (f"; {fix}" if fix else "")) from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """``tensors`` as they are, or an AdapterFileError naming ``path``, the first tensor (by name)
+    holding a NaN or an infinity, and ``fix``."""
+    for key in sorted(tensors):
+        t = tensors[key]
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        try:
+            bad = ~torch.isfinite(t)
+        except (RuntimeError, TypeError):  # a dtype isfinite lacks on this device (float8): as float32
+            bad = ~torch.isfinite(t.float())
+        if bad.any():
+            kind = "NaN" if torch.isnan(t.float()).any() else "infinite"
+            raise AdapterFileError(f"{path}: tensor {key!r} holds {int(bad.sum())} {kind} values of {t.numel()}; "
+                                   f"the adapter diverged or the file is damaged, {fix}")
+    return tensors
+
+
+def recorded_task(directory: str | os.PathLike) -> str | None:
+    """The task the run that saved ``directory`` recorded: ``task`` of the result JSON ``run-<id>.json``
+    that ``lorabench train --save-adapter`` writes beside ``run-<id>-adapter/``; None where there is
+    none to read (an adapter saved by ``save_adapter`` alone, a PEFT folder, an unreadable result)."""
+    directory = Path(os.path.abspath(directory))
+    paths = [directory / "lorabench_adapter.json"]  # a task the adapter's own config records comes first
+    if directory.name.endswith("-adapter"):
+        paths.append(directory.parent / f"{directory.name.removesuffix('-adapter')}.json")
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("task"), str):
+            return data["task"]
+    return None

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._version import __version__
-from .adapter_files import read_json, read_safetensors
+from .adapter_files import check_finite, read_json, read_safetensors
 from .adapters import registry
 from .errors import AdapterFileError, VariantError
 from .inject import (
@@ -126,9 +126,12 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
 
 
 def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The saved tensors (safetensors only), or an AdapterFileError naming the fix."""
-    return read_safetensors(Path(directory) / WEIGHTS_NAME, fix="save the adapter again",
-                            missing=f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
+    """The saved tensors (safetensors only), or an AdapterFileError naming the fix (a NaN or
+    infinite tensor included: every reader of an adapter refuses it before using it)."""
+    path = Path(directory) / WEIGHTS_NAME
+    tensors = read_safetensors(path, fix="save the adapter again",
+                               missing=f"no {WEIGHTS_NAME} in {directory}; the adapter folder is incomplete, save it again")
+    return check_finite(tensors, path, "train it again (e.g. with a lower --lr) or save it again")
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

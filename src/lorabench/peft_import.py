@@ -9,7 +9,8 @@ into options and its ``peft_names`` say where each tensor goes, next to the ``pe
 LoRA, so it comes back as variant ``lora`` with the same outputs. Everything else is refused with a
 message naming it: another ``peft_type``, a config field lorabench has no counterpart for (per-layer
 ``rank_pattern``, ``layers_to_transform``, trainable biases ...), tensors the variant does not read,
-a pickled ``adapter_model.bin``. Only JSON and safetensors are read (``safetensors.torch.load_file``).
+a pickled ``adapter_model.bin``, a NaN or infinite tensor. Only JSON and safetensors are read
+(``safetensors.torch.load_file``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter_files import read_json, read_safetensors
+from .adapter_files import check_finite, read_json, read_safetensors
 from .adapters import registry
 from .errors import AdapterFileError, VariantError
 from .inject import adapted_layers, apply, state_of
@@ -85,7 +86,8 @@ def read_peft_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not weights.is_file() and pickled.is_file():
         raise AdapterFileError(f"{pickled} is a pickle, which lorabench never loads; convert it to safetensors "
                                "(load it in PEFT once and save_pretrained(dir, safe_serialization=True))")
-    return read_safetensors(weights, missing=f"no {WEIGHTS_NAME} in {directory}; the PEFT folder is incomplete")
+    tensors = read_safetensors(weights, missing=f"no {WEIGHTS_NAME} in {directory}; the PEFT folder is incomplete")
+    return check_finite(tensors, weights, "train it again or save it again with PEFT")
 
 
 def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:

@@ -3,7 +3,8 @@
     lorabench adapter runs/quick/run-1a2b3c4d5e6f-adapter
     lorabench adapter runs/quick/run-1a2b3c4d5e6f-adapter --model minilm --task sst2
 
-Reads only ``lorabench_adapter.json`` and ``lorabench_adapter.safetensors`` (never a pickle).
+Reads only ``lorabench_adapter.json`` and ``lorabench_adapter.safetensors`` (never a pickle), and
+refuses a file holding a NaN or infinite tensor, naming it (a diverged or damaged adapter).
 With ``--model`` it loads that base (with the task's head) and applies the adapter through
 ``load_adapter``, which refuses other base weights (fingerprint), missing layers and tensors of
 the wrong shape, each with a one-line error naming the fix (exit code 2).

@@ -8,6 +8,11 @@ an adapter of another variant (DoRA, VeRA ...) is evaluated alone on its own mod
 call, and its row says so. A PEFT folder (``adapter_config.json``: one trained elsewhere, or written by
 ``export_peft``) is read by ``lorabench.load_peft`` onto the base it names (or ``model``, with ``layers``:
 PEFT records no depth) with the model's own head, and is evaluated alone too (``"peft": true``).
+
+An adapter whose run recorded another task (``adapter_files.recorded_task``: an SST-2 adapter asked
+for RTE would score RTE with its SST-2 head) is refused, naming both tasks and ``--task``, unless
+``cross_task`` is set (a transfer study: an MRPC adapter on QQP); its row then says so
+(``"trained_task"`` differs from the task asked, ``"cross_task": true``).
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import torch
 from accelerate import Accelerator
 
 from .. import models
+from ..adapter_files import recorded_task
 from ..adapters import registry
 from ..checkpoint import CONFIG_NAME, load_adapter, read_adapter_config
 from ..data import get_task
 from ..data.batching import dev_loaders, pad_token_id
 from ..data.glue import resolve_source
-from ..errors import AdapterFileError
+from ..errors import AdapterFileError, ConfigError
 from ..peft_import import is_peft_folder, load_peft, read_peft_config, variant_for
 from ..train import evaluate
 from .model import PackedModel, evaluate_pack, share_frozen
@@ -46,10 +52,34 @@ def _peft_config(directory: Path, layers: int | None) -> dict[str, Any]:
             "pooling": "cls", "architecture": {"layers": layers}, "peft": True}
 
 
+def _same_task(recorded: str, spec) -> bool:
+    """A run records its task's name (``spec.name``: ``sst2``, a task file's ``name``); an older
+    spelling of a GLUE task (``SST-2``) is the same task."""
+    if recorded == spec.name:
+        return True
+    try:
+        return get_task(recorded).name == spec.name
+    except (ValueError, OSError):  # a name this lorabench does not know: not the task asked
+        return False
+
+
+def check_tasks(dirs: list[Path], spec, cross_task: bool) -> list[str | None]:
+    """The task each adapter's run recorded (None: unknown); a ConfigError for one recorded for
+    another task than ``spec`` unless ``cross_task``."""
+    trained = [recorded_task(d) for d in dirs]
+    for d, t in zip(dirs, trained):
+        if t is not None and not cross_task and not _same_task(t, spec):
+            raise ConfigError(f"{d} was trained on {t} (the task its run recorded) but --task asks for {spec.name}: "
+                              f"its {t} head would score {spec.display} examples; pass --task {t} (one call per "
+                              f"task), or --cross-task to evaluate it on {spec.name} anyway (its row is marked)")
+    return trained
+
+
 def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model: str | None = None,
                       layers: int | None = None, data_dir: str | None = None, eval_limit: int | None = None,
-                      max_length: int = 128, batch_size: int = 32) -> list[dict[str, Any]]:
-    """One row per adapter: {"adapter", "variant", "options", "packed", "peft", "metrics": {split: {...}}}."""
+                      max_length: int = 128, batch_size: int = 32, cross_task: bool = False) -> list[dict[str, Any]]:
+    """One row per adapter: {"adapter", "variant", "options", "packed", "peft", "trained_task", "cross_task",
+    "metrics": {split: {...}}}."""
     if not directories:
         raise AdapterFileError("no adapter folders given; pass one or more run-<id>-adapter folders")
     dirs = [Path(d) for d in directories]
@@ -69,6 +99,7 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
                                    "evaluates adapters of one base; split them into one call per base")
     name, depth, pooling = bases[ours[0] if ours else 0]
     spec = get_task(task)
+    trained = check_tasks(dirs, spec, cross_task)
     source = resolve_source(data_dir, task=spec)  # before loading anything
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shared, tokenizer = models.load_model(model or name, spec, layers=depth, pooling=pooling)
@@ -92,4 +123,6 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
         if k not in metrics:
             metrics[k] = evaluate(own[k].to(device), loaders, spec, Accelerator(cpu=device.type == "cpu"))
     return [{"adapter": str(d), "variant": c["variant"], "options": c["options"], "packed": k in packs,
-             "peft": peft[k], "metrics": metrics[k]} for k, (d, c) in enumerate(zip(dirs, configs))]
+             "peft": peft[k], "trained_task": trained[k],
+             "cross_task": trained[k] is not None and not _same_task(trained[k], spec), "metrics": metrics[k]}
+            for k, (d, c) in enumerate(zip(dirs, configs))]
