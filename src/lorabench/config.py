@@ -17,12 +17,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kinds, units
+from . import kinds, plugins, units
 from .adapters import registry
 from .regularizers import registry as regularizers
 from .choices import HEADS, LOG_WITH, POOLINGS, PRECISIONS, QUANT_TYPES
 from .data.fingerprint import fingerprint_of
-from .data.glue import get_task, locate
+from .data.glue import get_task, inline_task, locate
 from .errors import ConfigError, DataError, VariantError
 from .ids import canonical, run_id
 from .config_types import coerce, match_option_types
@@ -37,16 +37,16 @@ def check(condition: bool, message: str) -> None:
 
 
 def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None,
-            metavar: str | None = None, hashed: bool = True, hyperparameter: bool = True) -> Any:
+            metavar: str | None = None, hashed: bool = True, hyperparameter: bool = True, repeat: bool = False) -> Any:
     """A RunConfig field with what the command line and the report need to know about it.
 
     ``help`` becomes the flag's help (the default is appended), ``choices`` the allowed values,
     ``group`` the help section; ``hashed=False`` keeps the field out of the run id (where results
     go or how they are shown, never what is computed); ``hyperparameter=False`` keeps it out of the
     report's configuration columns. ``flag`` renames the flag (``options`` is ``--opt KEY=VALUE``).
-    A callable ``default`` is a default factory (``dict``)."""
+    A callable ``default`` is a default factory (``dict``); ``repeat``: the flag may be given several times."""
     meta = {"help": help, "group": group, "choices": choices, "flag": flag, "metavar": metavar,
-            "hashed": hashed, "hyperparameter": hyperparameter}
+            "hashed": hashed, "hyperparameter": hyperparameter, "repeat": repeat}
     if callable(default):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -77,7 +77,12 @@ class RunConfig:
                                             hashed=False, hyperparameter=False)
     label_column: str | None = setting(None, "with --data: the label column (its values, sorted, are the classes)",
                                        group=_WHAT, metavar="COL", hashed=False, hyperparameter=False)
-    variant: str = setting("lora", "registered variant (`lorabench variants` lists them)", group=_WHAT)
+    variant: str = setting("lora", "registered variant (`lorabench variants` lists them), or one a --plugin defines",
+                           group=_WHAT)
+    plugins: list[str] | None = setting(None, "a .py file or module defining variants outside lorabench, loaded in "
+                                              "every run process (repeatable; sweep key plugins: [...])", group=_WHAT,
+                                        flag="plugin", metavar="FILE_OR_MODULE", hashed=False, hyperparameter=False,
+                                        repeat=True)
     targets: list[str] | str | None = setting(
         None, "layers to adapt: names (query,value), a regex on full names, or all-linear (unset: the "
               "architecture's default, W_q and W_v)", group=_WHAT)
@@ -205,6 +210,7 @@ class RunConfig:
         )
         self.budget_bytes()  # raises on a bad size string
         self._resolve_task()
+        self._load_plugins()
         kinds.resolve(self, DEFAULTS)  # before the variant: a scenario kind may decide it
         variant = _variant(self.variant)
         self.variant = variant.name
@@ -227,11 +233,18 @@ class RunConfig:
             check(self.text_column and self.label_column, "--data FILE needs --text-column COL[,COL] and --label-column COL")
             check(len(self.text_column) <= 2, f"--text-column takes one or two columns, got {self.text_column}; join "
                                               "columns into one text with a task file (text: [[a, b]])")
-            self.task = _inline_task(self.data, self.text_column, self.label_column)
+            try:
+                self.task = inline_task(self.data, self.text_column, self.label_column)
+            except DataError as e:
+                raise ConfigError(str(e)) from None
             return
         spec = _task(self.task)
         if spec.data is None:
             self.task = spec.name
+
+    def _load_plugins(self) -> None:
+        """Import the plugins (and installed entry points) before the variant is looked up."""
+        self.plugins = plugins.load_all(self.plugins)
 
     def task_spec(self):
         """The run's ``TaskSpec`` (GLUE, a task file or ``--data``)."""
@@ -375,19 +388,6 @@ def _task(name: str):
         return get_task(name)
     except DataError as e:
         raise ConfigError(str(e)) from None
-
-
-def _inline_task(data: str, text: list[str], label: str) -> str:
-    """The key of the task ``--data FILE --text-column ... --label-column ...`` defines (registered)."""
-    from .data.glue import INLINE, TaskSpec
-    from .data.taskfile import inline_spec
-
-    try:
-        key, spec = inline_spec(data, text, label, TaskSpec)
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    INLINE[key] = spec
-    return key
 
 
 def _variant(name: str):

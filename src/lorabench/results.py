@@ -17,6 +17,8 @@ Schema (``schema_version`` 3). Keys marked * are always present.
                        the dev split reported}. Schema 3 only
     details            the kind's own record (null for a plain run): rounds of a federated run, the
                        pruning plan and sparsity of a prune run, ...
+    plugins            [{"plugin", "module", "file", "sha256", "variants"}, ...]: the code outside lorabench
+                       the run loaded (``--plugin`` and installed ``lorabench.variants`` entry points)
     run_id*            first 12 hex digits of the sha256 of the canonical JSON of ``config`` and
                        ``data`` without ``examples`` (``ids.run_id``; schema 1: of ``config`` alone)
     status*            "ok" | "diverged" | "oom" | "error"

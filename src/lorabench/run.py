@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, forgetting, fourbit, inject, quant, regularizers, results, trackers
+from . import distributed, forgetting, fourbit, inject, plugins, quant, regularizers, results, trackers
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
 from .data import build_loaders, get_task
@@ -181,6 +181,7 @@ def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progre
     result = results.new_result(rid, cfg.resolved(), data=data, primary_metric=get_task(cfg.task).primary_metric,
                                 env=environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
                                 started_at=started, status="ok")
+    result["plugins"] = plugins.records(cfg.plugins)
     error: BaseException | None = None
     try:
         RECIPES[cfg.kind](cfg, result, progress=progress)
@@ -246,6 +247,7 @@ def result_of(cfg: RunConfig, rid: str, data: dict, started: str, task, model, s
         "distributed": state.distributed,
         "steps": {"done": state.step, "total": state.total_steps, "per_epoch": state.steps_per_epoch},
         "targets": inject.state_of(model).targets,
+        "plugins": plugins.records(cfg.plugins),  # which code outside lorabench defined variants: module, file, sha256
         "paths": {"out": str(cfg.out), "data_dir": cfg.data_dir, "cwd": os.getcwd()},
         "finished_at": results.now(),
     })

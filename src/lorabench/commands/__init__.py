@@ -13,13 +13,15 @@ import warnings
 
 from .._version import __version__
 from ..errors import INPUT_ERRORS
-from . import adapter, eval, federate, merge, mixture, prune, report, squeeze, sweep, train, transfer, variants
+from . import (adapter, check_variant, eval, federate, merge, mixture, new_variant, prune, report, squeeze, sweep,
+               train, transfer, variants)
 from .args import Parser
 
 #: One builder per subcommand, in the order ``lorabench --help`` lists them.
 SUBCOMMANDS = [train.add_parser, variants.add_parser, sweep.add_sweep_parser, sweep.add_bench_parser,
                report.add_parser, adapter.add_parser, eval.add_parser, merge.add_parser, mixture.add_parser,
-               federate.add_parser, prune.add_parser, transfer.add_parser, squeeze.add_parser]
+               federate.add_parser, prune.add_parser, transfer.add_parser, squeeze.add_parser,
+               check_variant.add_parser, new_variant.add_parser]
 
 
 def build_parser() -> Parser:

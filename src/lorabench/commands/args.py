@@ -83,6 +83,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type = RunConf
             dests.append(SPECIAL[f.name])
             continue
         kind = _kind(hints[f.name])
+        if meta.get("repeat"):
+            group.add_argument(flag_name(f), dest=f.name, action="append", **kw)
+            dests.append(f.name)
+            continue
         if kind is bool:
             kw.pop("metavar", None)
             group.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction, **kw)

@@ -29,7 +29,6 @@ FIX_DIR = f"pass --data-dir (or set {ENV_DIR}) to a GLUE folder"
 @dataclass(frozen=True)
 class Columns:
     """Where a task's fields sit in its TSV: header names, or positions when there is no header."""
-
     text: tuple[str | int, ...]
     label: str | int | None
     header: bool = True
@@ -63,9 +62,7 @@ class TaskSpec:
     #: a task defined by a task file or ``--data`` (``data.taskfile.TaskData``); None for GLUE
     data: Any = field(default=None, hash=False, compare=False)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.files)
+    splits = property(lambda self: tuple(self.files))
 
     @property
     def test_splits(self) -> tuple[str, ...]:
@@ -81,10 +78,8 @@ class TaskSpec:
         return self.columns
 
 
-_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-_CLS = ("accuracy", "f1_macro")
-_BIN = ("accuracy", "f1", "f1_macro")
-_NLI2 = ("entailment", "not_entailment")
+_FILES, _NLI2 = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}, ("entailment", "not_entailment")
+_CLS, _BIN = ("accuracy", "f1_macro"), ("accuracy", "f1", "f1_macro")
 
 
 def _task(name, display, text_fields, labels, metrics, primary, **kw) -> TaskSpec:
@@ -137,6 +132,15 @@ def task_key(name: object) -> str:
 
 #: Tasks made from ``--data FILE --text-column ... --label-column ...`` in this process, by key.
 INLINE: dict[str, TaskSpec] = {}
+
+
+def inline_task(data: str, text: list[str], label: str) -> str:
+    """The key of the task ``--data FILE --text-column ... --label-column ...`` defines (registered)."""
+    from .taskfile import inline_spec
+
+    key, spec = inline_spec(data, text, label, TaskSpec)
+    INLINE[key] = spec
+    return key
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
