@@ -131,6 +131,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if main:
         results.check_writable(cfg.out)
     trackers.check_installed(cfg.log_with)  # says what to pip install, before anything is loaded
+    if cfg.log_with is not None:
+        trackers.check_names(cfg, rid)  # tracker group and run name: plain path components
     if cfg.kind != "run":
         return execute_scenario(cfg, rid, data, path, progress=progress)
     if distributed.needs_launch(cfg):

@@ -17,8 +17,11 @@ What is logged (the keys are the same in every tracker):
 
 ``<group>`` is ``tracker_group`` (a sweep sets its own name; else ``lorabench``), ``<run>`` is
 ``<variant>-<task>-seed<seed>-<run id>``: every run of a sweep is its own tracker run, grouped (and
-tagged, in MLflow and W&B) by the sweep. Tracker packages are optional (``pip install
-"lorabench[track]"``); ``check_installed`` names the missing one before any compute.
+tagged, in MLflow and W&B) by the sweep. Both are folder names under ``<logging_dir>``, so each must
+be one plain path component (``outputs.safe_name``): a name that would leave the folder is refused
+before any tracker starts (``check_names``; a sweep checks every run's before its first run starts).
+Tracker packages are optional (``pip install "lorabench[track]"``); ``check_installed`` names the
+missing one before any compute.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Self
 
 from .choices import TRACKERS
 from .errors import ConfigError
+from .outputs import safe_name
 
 #: tracker -> the package it needs (import name, pip name).
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
@@ -63,6 +67,13 @@ def _installed(name: str) -> bool:
 
 def run_name(cfg: Any, run_id: str) -> str:
     return f"{cfg.variant}-{cfg.task}-seed{cfg.seed}-{run_id}"
+
+
+def check_names(cfg: Any, run_id: str, group_what: str = "--tracker-group") -> tuple[str, str]:
+    """(group, run name) of ``cfg``'s tracker run, each one plain path component, or a ConfigError
+    naming ``group_what`` (the flag or setting the group came from) and the fix."""
+    group = safe_name(cfg.tracker_group or DEFAULT_GROUP, group_what)
+    return group, safe_name(run_name(cfg, run_id), "tracker run name (<variant>-<task>-seed<seed>-<run id>)")
 
 
 def flat(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -136,8 +147,8 @@ def open_run(cfg: Any, run_id: str) -> RunTracker:
     if not names:
         return NULL
     check_installed(cfg.log_with)
+    group, name = check_names(cfg, run_id)  # folder names under root: never outside it
     root = Path(cfg.logging_dir or Path(cfg.out) / "tracking").resolve()
-    group, name = cfg.tracker_group or DEFAULT_GROUP, run_name(cfg, run_id)
     tags = {"lorabench.group": group, "lorabench.run_id": run_id}
     started = []
     for tracker in names:

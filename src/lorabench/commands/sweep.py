@@ -21,7 +21,7 @@ from ..sweep import ray as ray_backend
 from ..sweep.dry_run import print_plan
 from ..sweep.halving import run_halving, stale_note
 from ..sweep.local import run_sweep, write_manifest
-from ..sweep.plan import Sweep, data_problems, load_sweep
+from ..sweep.plan import Sweep, data_problems, load_sweep, val_size_problems
 from ..sweep.plan import __doc__ as plan_doc
 from ..units import format_seconds
 from .args import add_config_flags, ints, names, positive_int
@@ -83,8 +83,9 @@ def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = Ru
 
 def group_tracker_runs(sweep: Sweep) -> Sweep:
     """Each run of ``sweep`` logs to a tracker run of its own (``lorabench.trackers``), grouped by the
-    sweep's name unless ``tracker_group`` is given. Refused with --pack (a pack logs to no tracker)
-    and for a tracker that is not installed, before any run starts. The group is no part of a run id."""
+    sweep's name unless ``tracker_group`` is given. Refused with --pack (a pack logs to no tracker),
+    for a tracker that is not installed, and for a group or run name that is no plain folder name
+    (``trackers.check_names``), before any run starts. The group is no part of a run id."""
     logged = sorted({r.config.log_with for r in sweep.runs} - {None})
     if logged and sweep.pack > 1:
         raise SweepError(f"--log-with {logged[0]} logs runs that train one per process, and --pack {sweep.pack} "
@@ -92,8 +93,12 @@ def group_tracker_runs(sweep: Sweep) -> Sweep:
     for name in logged:
         trackers.check_installed(name)
     for run in sweep.runs:
-        if run.config.tracker_group is None:
+        named = run.config.tracker_group is not None
+        if not named:
             run.config.tracker_group = sweep.name
+        if run.config.log_with is not None:  # the group and the run name become folders of its tracker files
+            trackers.check_names(run.config, run.run_id,
+                                 "--tracker-group" if named else "sweep name (the tracker group of its runs)")
     return sweep
 
 
@@ -127,6 +132,7 @@ def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
     for note in sweep.notes:
         print(f"note: {note}", file=sys.stderr)
     problems = data_problems(sweep)
+    problems += val_size_problems(sweep) if not problems else []  # a run would refuse it: refused once, here
     if args.dry_run:
         print_plan(sweep)
         for problem in problems:

@@ -1,14 +1,35 @@
-"""``FedSettings``: the federated half of a ``lorabench federate`` call (the run half is a RunConfig)."""
+"""``FedSettings``: the federated half of a ``lorabench federate`` call (the run half is a RunConfig).
+
+Every field, and every option of the method, is read as its type (``config_types.coerce``: a YAML
+``clients: "4"`` is 4) or refused with a ConfigError naming the flag, before any compute. Numbers
+already given as numbers are kept as written (``local_epochs: 1`` stays 1: the run id records it).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config_types import coerce
 from ..errors import ConfigError
 from . import registry
 from .split import check_split
+
+#: field -> (its type, the flag that sets it)
+TYPES = {"method": (str, "--method"), "clients": (int, "--clients"), "rounds": (int, "--rounds"),
+         "local_epochs": (float, "--local-epochs"), "fraction": (float, "--fraction"),
+         "options": (dict, "options (--fed-opt)")}
+
+
+def typed(value: Any, hint: Any, flag: str) -> Any:
+    """``value`` as ``hint`` (a ConfigError naming ``flag`` otherwise); an int or float for a float
+    stays as it is."""
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return coerce(flag, value, hint)
 
 
 def parse_beta(value: Any) -> float:
@@ -32,6 +53,10 @@ class FedSettings:
     options: dict = field(default_factory=dict)  # the method's own options
 
     def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = {}
+        for name, (hint, flag) in TYPES.items():
+            setattr(self, name, typed(getattr(self, name), hint, flag))
         self.method = registry.get(self.method).name  # unknown name -> ConfigError with the known ones
         self.beta = parse_beta(self.beta)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
@@ -41,7 +66,19 @@ class FedSettings:
             raise ConfigError(f"--local-epochs must be > 0, got {self.local_epochs!r}; e.g. --local-epochs 1")
         check_split(max(self.clients, 1) if isinstance(self.clients, int) else 1, self.clients, self.beta,
                     self.fraction)
+        self.options = self._typed_options()
         self.method_options()  # the method validates its own options
+
+    def _typed_options(self) -> dict:
+        """The method's options as their types (unknown keys as given: ``make_options`` names them)."""
+        cls = registry.get(self.method)
+        try:
+            hints = typing.get_type_hints(cls.Options)
+        except Exception:  # an annotation we cannot resolve: the options as given
+            hints = {}
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        return {k: typed(v, hints[k], f"--fed-opt {k}") if k in known and k in hints else v
+                for k, v in self.options.items()}
 
     def method_options(self) -> Any:
         return registry.get(self.method).make_options(**self.options)

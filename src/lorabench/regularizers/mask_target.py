@@ -19,11 +19,21 @@ The base is a frozen copy of the causal LM taken before the adapter is applied (
 variant, residual inits and full fine-tuning included), outside the module tree (not trained,
 saved or counted), moved to the model's device on first use. It costs a second copy of the model
 in memory and one more forward pass (no backward) per training step.
+
+A blown-up model is never hidden by the term. When training blows a decoder up (lr 1e4), its
+activations overflow and the final RMSNorm divides them to zero: every next-token logit of a row is the
+same, the cross-entropy is exactly log V (10.8 for SmolLM2), below the first step's (21 for a label word
+the base finds unlikely), and the KL to the base is KL(p~_base || uniform), about log V again: the loss
+looked healthy to the divergence check (``lorabench.divergence``: non-finite, or 100 times the first
+step's). A row whose logits are all equal prefers no token to any other, which no trained model does,
+so its term is NaN: the loss is not finite and the run stops ``diverged`` at the first step that sees
+it, or in the check after the last update.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +53,15 @@ def masked_kl(base_logits: torch.Tensor, logits: torch.Tensor, target: torch.Ten
     """KL(p~_base || p~) per row, over the non-target vocabulary: (B,)."""
     base, tuned = masked_log_probs(base_logits, target), masked_log_probs(logits, target)
     terms = base.exp() * (base - tuned)  # (B, V); nan at the target (-inf - -inf)
-    return torch.where(torch.isfinite(base), terms, torch.zeros_like(terms)).sum(-1)
+    kl = torch.where(torch.isfinite(base), terms, torch.zeros_like(terms)).sum(-1)
+    return torch.where(collapsed(logits), torch.full_like(kl, math.nan), kl)
+
+
+def collapsed(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) True where a row's logits are all equal: a model whose activations overflowed (its final
+    norm divided them to zero) says nothing about any token, which no trained model does."""
+    rows = logits.detach().float()
+    return rows.amax(-1) == rows.amin(-1)
 
 
 @register("mask_target")
@@ -57,8 +75,9 @@ class MaskTarget:
         weight: float = 1.0  #: lambda; 1.0 is our default, not the paper's (not verified)
 
         def __post_init__(self):
-            if not self.weight >= 0:
-                raise ConfigError(f"mask_target weight must be >= 0, got {self.weight}; e.g. mask_target:weight=1")
+            if not (math.isfinite(self.weight) and self.weight >= 0):  # inf: the run diverges at step 1
+                raise ConfigError(f"mask_target weight must be >= 0 and finite, got {self.weight}; "
+                                  "e.g. mask_target:weight=1")
 
     def __init__(self, model, opts: "MaskTarget.Options"):
         self.opts = opts

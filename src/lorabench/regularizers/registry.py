@@ -13,6 +13,7 @@ says which heads it works with (``heads``) and keeps its settings in its own ``O
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from ..errors import ConfigError
@@ -40,6 +41,9 @@ def parse(spec: str) -> tuple[Any, Any]:
             given[key] = float(value)
         except ValueError:
             raise ConfigError(f"regularizer option {key} must be a number, got {value!r} in {spec!r}") from None
+        if not math.isfinite(given[key]):  # float() reads inf and nan; no regularizer setting takes them
+            raise ConfigError(f"regularizer option {key} must be a finite number, got {value.strip()!r} in {spec!r}; "
+                              f"e.g. {cls.name}:{key}=1")
     return cls, cls.Options(**given)
 
 

@@ -32,7 +32,8 @@ has every configuration at the first seed. ``seed`` cannot be a grid: every conf
 the same seeds, which the report's paired test across seeds relies on. Relative ``data_dir`` and
 ``out`` written in a sweep file are relative to that file's folder (so a sweep file travels with
 its data); those given as flags are relative to the working directory. ``data_dir`` must be an
-existing folder, checked before anything runs.
+existing folder, and ``val_size`` must leave training examples, both checked before anything runs. The
+name is a folder name (``runs/<name>``, the tracker group): one plain path component (``outputs.safe_name``).
 
 Each run executes in a fresh process (``python -m lorabench.run``, the child entry point that
 rank processes share) so no state leaks between runs; it writes ``run-<id>.json`` atomically
@@ -60,8 +61,9 @@ from typing import Any
 import yaml
 
 from ..config import RunConfig, parse_yaml
-from ..data.glue import resolve_source, task_key
+from ..data.glue import get_task, resolve_source, task_key
 from ..errors import ConfigError, DataError, SweepError
+from ..outputs import safe_name
 from ..pack import plan as packing
 
 TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack",
@@ -209,7 +211,7 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
         if unknown:
             raise SweepError(f"--variants: {', '.join(unknown)} not in the sweep; its variants: {', '.join(blocks)}")
         blocks = {k: v for k, v in blocks.items() if k in only_variants}
-    out = out or overrides.pop("out", None) or base.get("out") or str(Path("runs") / name)
+    out = out or overrides.pop("out", None) or base.get("out") or str(Path("runs") / safe_name(name, "sweep name"))
     overrides.pop("out", None)
     grid_keys = [f for f in fields if f not in NOT_IN_GRID] + list(BLOCK_META_KEYS)
 
@@ -350,6 +352,26 @@ def data_problems(sweep: Sweep) -> list[str]:
             resolve_source(data_dir, task, revision)
         except DataError as e:
             problems.append(f"task {task}: {e}")
+    return problems
+
+
+def val_size_problems(sweep: Sweep) -> list[str]:
+    """A ``val_size`` that leaves no training examples, which every run holding it would refuse
+    (``data.batching.build_loaders``): checked once per distinct task, data and val_size of the plan
+    (``train_limit`` draws from what is left, so it does not enter), reading each train split once."""
+    wanted: dict[tuple, set[int]] = {}
+    for c in (r.config for r in sweep.runs if getattr(r.config, "val_size", None) is not None):
+        wanted.setdefault((c.data_dir, c.task, c.data_revision), set()).add(c.val_size)
+    problems = []
+    for (data_dir, task, revision), sizes in sorted(wanted.items(), key=str):
+        try:
+            spec = get_task(task)
+            source = resolve_source(data_dir, task=spec, revision=revision)
+            n = len(source.load(spec, "train"))
+        except DataError:
+            continue  # unreadable data: data_problems names it, or the run does
+        problems += [f"--val-size {size} leaves no training examples: {spec.display} train has {n} ({source}); "
+                     f"hold out fewer, e.g. --val-size {max(1, n // 10)}" for size in sorted(sizes) if size >= n]
     return problems
 
 

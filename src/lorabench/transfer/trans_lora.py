@@ -92,7 +92,7 @@ class TransLoRA(Method):
                                      "(CUDA only) or auto (bf16 on a GPU that has it)")
 
         def __post_init__(self):
-            get_task(self.task)  # an unknown task names the known ones
+            spec = get_task(self.task)  # an unknown task names the known ones
             loop.check_lr(self.lr, "--lr")
             loop.check_lr(self.head_lr, "--head-lr")
             if self.precision not in PRECISIONS:
@@ -103,6 +103,11 @@ class TransLoRA(Method):
             for flag in ("source_layers", "target_layers", "generator_layers", "train_limit", "eval_limit"):
                 if getattr(self, flag) is not None:
                     check_positive(getattr(self, flag), f"--{flag.replace('_', '-')}")
+            if not spec.is_regression and self.seeds < spec.num_labels:  # stratified: one of each class at least
+                raise ConfigError(f"--seeds {self.seeds} is fewer than the {spec.num_labels} classes of "
+                                  f"{spec.display}: the seeds are drawn stratified over every class, so the "
+                                  "generator and the discriminator see each; pass --seeds "
+                                  f"{spec.num_labels} or more (paper: 5)")
             check_fraction(self.keep, "--keep")
             if self.keep_per not in ("class", "all"):
                 raise ConfigError(f"--keep-per must be 'class' or 'all', got {self.keep_per!r}")
