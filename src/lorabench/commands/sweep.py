@@ -19,6 +19,7 @@ from ..errors import SweepError
 from ..report import best_table_markdown, write_report
 from ..sweep import ray as ray_backend
 from ..sweep.dry_run import print_plan
+from ..sweep.extend import run_extending
 from ..sweep.halving import run_halving, stale_note
 from ..sweep.local import run_sweep, write_manifest
 from ..sweep.plan import Sweep, data_problems, load_sweep, val_size_problems
@@ -106,11 +107,18 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         runner = backend_runner(args)
+        extended: dict[str, str | None] = {}
+        if sweep.extend_grid:  # first seed, grids extended while a best lr is at an edge, then the rest
+            sweep, extended, bound = run_extending(
+                sweep, lambda part: runner(part, retry_failed=args.retry_failed, quiet=args.quiet))
+            for line in bound:
+                print(f"note: {line}", file=sys.stderr)
         if sweep.halving:
             statuses = run_halving(sweep, runner, retry_failed=args.retry_failed, quiet=args.quiet)
             write_manifest(sweep, statuses)  # every planned run, the pruned ones included
         else:
             statuses = runner(sweep, retry_failed=args.retry_failed, quiet=args.quiet)
+        statuses = {**extended, **statuses}
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume ({sweep.out})", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ from typing import Any
 from .. import results
 from ..units import format_seconds
 from .estimate import estimate_seconds, measured_rates
+from .extend import bound_note
 from .halving import active, planned_cost, stale_note
 
 
@@ -36,9 +37,9 @@ def print_plan(sweep: Any) -> None:
         total += later * sum(undecided) / len(undecided) if undecided else 0.0
         print(f"successive halving (eta {sweep.halving}): at most {starts} of the {len(sweep.runs)} planned runs; "
               f"one configuration per method would run {single} ({starts / single:.1f}x)")
-    note = stale_note(sweep, pruned)
-    if note:
-        print(note)
+    for note in (stale_note(sweep, pruned), bound_note(sweep)):
+        if note:
+            print(note)
     how = "measured by finished runs in the out folder where available, else" if rates else "no finished runs yet:"
     print(f"{len(sweep.runs)} runs into {sweep.out}; estimated time for the runs not done: {format_seconds(total)} "
           f"({how} assumed examples/s per model, lorabench.models.ALIASES)")

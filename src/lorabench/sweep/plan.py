@@ -66,7 +66,7 @@ from ..errors import ConfigError, DataError, SweepError
 from ..outputs import safe_name
 from ..pack import plan as packing
 
-TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack",
+TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack", "extend_grid",
             "halving")
 BLOCK_META_KEYS = ("optional",)
 NOT_IN_GRID = ("seed", "model", "task", "variant", "out")  # the sweep's own axes and its folder
@@ -124,6 +124,7 @@ class Sweep:
     notes: list[str] = field(default_factory=list)
     pack: int = 1  # runs that share a frozen base train this many at a time (``lorabench.pack``)
     halving: int | None = None  # successive halving over each method's grid with this eta (``halving.py``)
+    extend_grid: int = 0  # lr points a grid may grow by on each side while its best is at an edge (``extend.py``)
 
 
 def _short(v: Any) -> str:
@@ -279,7 +280,12 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
         notes += pack_notes(list(unique.values()), pack)
     if halving is not None and len(seeds) < 2:
         notes.append("halving: with one seed every configuration runs once; halving needs two or more seeds")
-    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack, halving=halving)
+    extend = spec.get("extend_grid", 0)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise SweepError(f"extend_grid must be an integer >= 0 (lr points a grid may grow by on each side while its "
+                         f"best is at an edge), got {extend!r}; e.g. extend_grid: 2")
+    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack, halving=halving,
+                 extend_grid=extend)
 
 
 def pack_notes(runs: list[PlannedRun], size: int) -> list[str]:
