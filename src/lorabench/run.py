@@ -39,6 +39,7 @@ from .errors import INPUT_ERRORS, ConfigError, RunFailed
 from .federated import recipe as federated_recipe
 from .launch import die_with_parent, launch
 from .measure import check_memory_budget, environment
+from .outputs import check_output_folder
 from . import models
 from .pruning import recipe as prune_recipe
 from .train import TrainState, first_batches, fit, set_seed
@@ -133,6 +134,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     trackers.check_installed(cfg.log_with)  # says what to pip install, before anything is loaded
     if cfg.log_with is not None:
         trackers.check_names(cfg, rid)  # tracker group and run name: plain path components
+        if main:  # the tracker's folder too: a bad input before compute, not an error after it
+            check_output_folder(cfg.logging_dir or Path(cfg.out) / "tracking", "--logging-dir")
     if cfg.kind != "run":
         return execute_scenario(cfg, rid, data, path, progress=progress)
     if distributed.needs_launch(cfg):

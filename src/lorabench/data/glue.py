@@ -79,7 +79,7 @@ class TaskSpec:
 
 
 _FILES, _NLI2 = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}, ("entailment", "not_entailment")
-_CLS, _BIN = ("accuracy", "f1_macro"), ("accuracy", "f1", "f1_macro")
+_CLS, _BIN = ("accuracy", "f1_macro"), ("accuracy", "f1", "f1_macro")  # metrics: classification, binary
 
 
 def _task(name, display, text_fields, labels, metrics, primary, **kw) -> TaskSpec:
@@ -124,14 +124,16 @@ def _norm(name: str) -> str:
 
 
 def task_key(name: object) -> str:
-    """The task's canonical name (``"SST-2"`` -> ``"sst2"``); an unknown name normalised the same way
-    (``RunConfig`` reports it, with the task list)."""
+    """The task's canonical name (``"SST-2"`` -> ``"sst2"``, a task file -> its ``name``); an unknown name
+    normalised the same way (``RunConfig`` reports it, with the task list)."""
+    if str(name).lower().endswith(TASK_FILE_SUFFIXES) and Path(str(name)).expanduser().is_file():
+        return get_task(str(name)).name  # a task file: the name it gives its task
     spec = TASKS.get(_norm(str(name)))
     return spec.name if spec is not None else _norm(str(name))
 
 
-#: Tasks made from ``--data FILE --text-column ... --label-column ...`` in this process, by key.
-INLINE: dict[str, TaskSpec] = {}
+INLINE: dict[str, TaskSpec] = {}  #: tasks made from ``--data FILE ...`` in this process, by key
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 def inline_task(data: str, text: list[str], label: str) -> str:
@@ -141,7 +143,6 @@ def inline_task(data: str, text: list[str], label: str) -> str:
     key, spec = inline_spec(data, text, label, TaskSpec)
     INLINE[key] = spec
     return key
-TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 def get_task(task: str | TaskSpec) -> TaskSpec:

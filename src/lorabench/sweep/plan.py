@@ -328,10 +328,18 @@ def resolve_paths(spec: Any, folder: Path) -> Any:
     spec = dict(spec)
     if "base" in spec:
         spec["base"] = fix(spec["base"])
+        if isinstance(spec["base"], dict) and _is_task_file(spec["base"].get("task")):
+            spec["base"] = {**spec["base"], "task": _anchor(spec["base"]["task"], folder)}
+    if isinstance(spec.get("tasks"), list):  # task files, like data folders, travel with the sweep file
+        spec["tasks"] = [_anchor(t, folder) if _is_task_file(t) else t for t in spec["tasks"]]
     for key in ("task_overrides", "variants"):
         if isinstance(spec.get(key), dict):
             spec[key] = {name: fix(block) for name, block in spec[key].items()}
     return spec
+
+
+def _is_task_file(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().endswith((".yaml", ".yml"))
 
 
 def check_data_dir(data_dir: str | None) -> None:
