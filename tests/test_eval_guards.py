@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 import lorabench
 from lorabench import commands as cli
+
+from helpers_cli import refused
 from lorabench.checkpoint import read_adapter_config
 from lorabench.errors import AdapterFileError
 
@@ -68,17 +70,6 @@ def files_under(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def refused(argv: list[str], capsys, *fragments: str) -> str:
-    """Run ``argv``: exit 2, one ``error: `` line holding every fragment; returns the line."""
-    capsys.readouterr()
-    rc = cli.main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def no_compute(monkeypatch, where: str = "lorabench.commands.eval.evaluate_adapters") -> None:

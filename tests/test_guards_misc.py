@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from lorabench import commands as cli
+
+from helpers_cli import refused
 from lorabench import trackers
 from lorabench.config import RunConfig
 from lorabench.errors import ConfigError
@@ -45,17 +46,6 @@ def tiny_glue(root: Path) -> Path:
     return root / "glue"
 
 
-def refused(argv: list[str], capsys, *fragments: str) -> str:
-    """``lorabench argv`` exits 2 with one ``error:`` line holding every fragment."""
-    capsys.readouterr()
-    rc = cli.main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def files_under(folder: Path) -> set[Path]:

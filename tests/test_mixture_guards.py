@@ -16,6 +16,8 @@ import torch
 
 from lorabench import commands as cli
 
+from helpers_cli import refused as refused_cli
+
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason=f"GLUE data not found at {GLUE}")
 TINY = ["--tasks", "sst2", "--layers", "2", "--train-limit", "16", "--eval-limit", "16", "--max-length", "16",
@@ -28,17 +30,10 @@ def files_under(folder: Path) -> set[Path]:
 
 def refused(argv: list[str], capsys, root: Path, *fragments: str) -> str:
     """Run ``lorabench mixture ARGV``: exit 2, one error line holding ``fragments``, nothing written under ``root``."""
-    capsys.readouterr()
     before = files_under(root)
-    rc = cli.main(["mixture", *argv])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+    line = refused_cli(["mixture", *argv], capsys, *fragments)
     assert files_under(root) == before  # refused before compute: nothing written anywhere
-    return lines[0]
+    return line
 
 
 @pytest.fixture

@@ -207,3 +207,30 @@ def test_a_killed_worker_run_is_recorded_and_a_resume_finishes_it(local_ray, tmp
     assert cli.main(argv(path, out, "--quiet", "--retry-failed")) == 0  # the resume reruns it alone
     assert sorted(json.loads(p.read_text())["status"] for p in out.glob("run-*.json")) == ["ok", "ok", "ok"]
     assert len(list(out.glob("run-*.json"))) == 3
+
+
+def test_a_plugin_variant_runs_as_a_ray_task(local_ray, tmp_path):
+    """A variant from a file outside lorabench (a temp folder): each Ray task's run process loads it
+    from the run's config, and the result records the file it came from."""
+    from lorabench import plugins
+    from lorabench.adapters import registry
+
+    classes, loaded = dict(registry.VARIANTS.classes), dict(plugins.LOADED)
+    try:
+        plugin = tmp_path / "elsewhere" / "my_lora.py"
+        plugin.parent.mkdir()
+        assert cli.main(["new-variant", "my_lora", "--out", str(plugin)]) == 0
+        spec = {"name": "rayplug", "base": {**TINY, "plugins": [str(plugin)]},
+                "variants": {"my_lora": {"lr": [1e-3]}, "lora": {"lr": [1e-3]}}}
+        path = tmp_path / "plug.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        out = tmp_path / "out"
+        assert cli.main(argv(path, out, "--quiet")) == 0
+        found = {r["variant"]: r for r in (json.loads(p.read_text()) for p in out.glob("run-*.json"))}
+        assert set(found) == {"my_lora", "lora"} and all(r["status"] == "ok" for r in found.values())
+        assert found["my_lora"]["plugins"][0]["file"] == str(plugin.resolve())
+    finally:  # the plugin registered into this process too (the plan validated its config)
+        registry.VARIANTS.classes.clear()
+        registry.VARIANTS.classes.update(classes)
+        plugins.LOADED.clear()
+        plugins.LOADED.update(loaded)

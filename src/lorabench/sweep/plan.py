@@ -112,7 +112,7 @@ class PlannedRun:
         c = self.config
         shown = {"lr": c.lr} | self.hyper  # the learning rate always, then the grid point
         hyper = " ".join(f"{k}={_short(v)}" for k, v in shown.items())
-        return f"{self.run_id}  {c.model}  {c.task}  {c.variant}  {hyper}  seed={c.seed}"
+        return f"{self.run_id}  {c.model}  {c.task_spec().name}  {c.method()}  {hyper}  seed={c.seed}"
 
 
 @dataclass
