@@ -95,3 +95,11 @@ def test_a_best_at_the_low_edge_grows_down_and_an_interior_best_stays(tmp_path):
 def test_extend_grid_must_be_a_count(tmp_path):
     with pytest.raises(Exception, match="extend_grid must be an integer >= 0"):
         sweep_file(tmp_path, [1e-3, 2e-3], extend=-1)
+
+
+def test_an_edge_tied_with_the_best_extends(tmp_path):
+    sweep = sweep_file(tmp_path, [1e-3, 2e-3, 4e-3], extend=1)
+    out = Path(sweep.out)
+    values = {1e-3: 0.80, 2e-3: 0.85, 4e-3: 0.85}  # the top edge ties the interior best
+    extended, _, _ = run_extending(sweep, fake_runner(out, lambda lr: values.get(lr, 0.84)))
+    assert 8e-3 in {r.config.lr for r in extended.runs}

@@ -5,8 +5,9 @@ A grid guessed for one task does not carry over to the next: when a method's bes
 from that grid ranks methods by how well their grids were guessed. So, on the sweep's first seed,
 after every learning rate of a (model, task, method, other grid axes) group has a result:
 
-- the best (mean selection metric; a failed or diverged run ranks last) at the lowest or highest
-  learning rate adds one more point one grid step further out (the grid's own geometric step,
+- a best (the selection metric; a failed or diverged run ranks last; ties included, as a few
+  hundred val examples tie often) at the lowest or highest learning rate adds one more point one
+  grid step further out (the grid's own geometric step,
   x2 for a grid of one point), for every seed of the sweep;
 - this repeats until the best is interior, or the group has ``N`` points beyond its grid on that
   side: the bound, which ``--dry-run`` states as at most ``2 N`` extra configurations per group;
@@ -77,9 +78,11 @@ def extensions(sweep: Sweep, original: dict[tuple, tuple[float, float]]) -> tupl
         scores = {lr: _score(out, by_lr[lr].get(first)) for lr in lrs}
         if any(v is None for v in scores.values()):
             continue  # the first seed of this group is still running
-        best = max(lrs, key=lambda lr: scores[lr])  # ties: the lower lr (sorted)
-        if best not in (lrs[0], lrs[-1]) or len(set(scores.values())) == 1:
-            continue
+        top = max(scores.values())
+        tied = [lr for lr in lrs if scores[lr] == top]  # ties are common on a few hundred val examples
+        if len(tied) == len(lrs) or not {lrs[0], lrs[-1]} & set(tied):
+            continue  # a flat grid says nothing of a direction; an interior best is found
+        best = lrs[-1] if lrs[-1] in tied else lrs[0]  # an edge among the best: look past it
         low, high = original[key]
         side = -1 if best == lrs[0] else 1
         beyond = sum(1 for lr in lrs if (lr < low if side < 0 else lr > high))
