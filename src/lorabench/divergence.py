@@ -4,36 +4,21 @@ picks it)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from accelerate.utils import send_to_device
 
 from .precision import autocast
-
-#: A run has diverged when its training loss is not finite, or exceeds this many times its first
-#: step's loss (and 10): checked before every optimizer step and once more after the last one,
-#: with the trained weights, so a final update that blew the model up is never recorded "ok".
-DIVERGENCE_FACTOR = 100.0
-
-
-def divergence(loss: float, first: float | None) -> str | None:
-    """Why a training loss means divergence (``DIVERGENCE_FACTOR``), or None when it does not."""
-    if not math.isfinite(loss):
-        return f"became {loss}"
-    if first is not None and loss > max(10.0, DIVERGENCE_FACTOR * first):
-        return f"exploded to {loss:.4g} (first step: {first:.4g})"
-    return None
+from .training.guard import DIVERGENCE_FACTOR, DivergenceGuard, divergence  # noqa: F401  (divergence.divergence)
 
 
 @torch.no_grad()
 def check_after_training(model, core, batch: dict, first_loss: float | None, accelerator, amp, state,
                          task) -> None:
     """After the last update, with the trained weights: trainable tensors finite, the loss on
-    ``batch`` (a micro-batch of the last step) not diverged, the dev metrics not NaN. Marks ``state``
-    diverged otherwise."""
-    bad = [n for n, p in core.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    why = f"trainable tensors became non-finite ({', '.join(bad[:3])})" if bad else None
+    ``batch`` (a micro-batch of the last step) not diverged, the dev metrics not NaN
+    (``training.guard``'s checks, which every loop shares). Marks ``state`` diverged otherwise."""
+    guard = DivergenceGuard(first=first_loss, steps=state.step)
+    why = guard.check_params(core.named_parameters())
     if why is None:
         training = model.training
         model.eval()
@@ -46,11 +31,8 @@ def check_after_training(model, core, batch: dict, first_loss: float | None, acc
             model.train(training)
         if accelerator.num_processes > 1:  # the ranks decide together
             loss = accelerator.reduce(torch.tensor(loss, device=accelerator.device), "mean").item()
-        reason = divergence(loss, first_loss)
-        why = f"training loss after the last update {reason}" if reason else None
-    if why is None and state.final is not None and state.final["metrics"]:  # a run without dev sets: no metric check
-        primary = (next(iter(state.final["metrics"].values()), {}) or {}).get(task.primary_metric)
-        if primary is None or not math.isfinite(primary):
-            why = f"dev {task.primary_metric} is {primary} after the last update (a constant or non-finite prediction)"
+        why = guard.check_final_loss(loss)
+    if why is None and state.final is not None:  # a run without dev sets: no metric check
+        why = guard.check_metrics(state.final["metrics"], task.primary_metric)
     if why is not None:
-        state.status, state.error = "diverged", f"{why} at step {state.step}; lower the learning rate"
+        state.status, state.error = "diverged", why

@@ -1,6 +1,7 @@
-"""When a run has diverged, said the way ``train.fit`` says it.
+"""When a run has diverged, said one way for every loop (``train.fit``'s final checks use it too,
+through ``divergence.check_after_training``).
 
-A loss that became NaN, or exploded past ``divergence.DIVERGENCE_FACTOR`` times the first step's,
+A loss that became NaN, or exploded past ``DIVERGENCE_FACTOR`` times the first step's,
 stops the run before the bad update is applied; after the last update the trainable tensors, the
 loss on a last batch and the dev metrics are checked once more, because one last step can blow the
 weights up without any step's loss (measured before its own update) showing it. A diverged run is
@@ -14,17 +15,28 @@ from collections.abc import Iterable
 
 import torch
 
-from ..divergence import divergence
-
 HINT = "lower the learning rate"
+#: A run has diverged when its training loss is not finite, or exceeds this many times its first
+#: step's loss (and 10): checked before every optimizer step and once more after the last one,
+#: with the trained weights, so a final update that blew the model up is never recorded "ok".
+DIVERGENCE_FACTOR = 100.0
+
+
+def divergence(loss: float, first: float | None) -> str | None:
+    """Why a training loss means divergence (``DIVERGENCE_FACTOR``), or None when it does not."""
+    if not math.isfinite(loss):
+        return f"became {loss}"
+    if first is not None and loss > max(10.0, DIVERGENCE_FACTOR * first):
+        return f"exploded to {loss:.4g} (first step: {first:.4g})"
+    return None
 
 
 class DivergenceGuard:
     """Counts the steps it checks; each ``check_*`` returns the message of a divergence, or None."""
 
-    def __init__(self):
-        self.first: float | None = None  #: the first step's loss, the yardstick of "exploded"
-        self.steps = 0  #: steps checked so far
+    def __init__(self, first: float | None = None, steps: int = 0):
+        self.first = first  #: the first step's loss, the yardstick of "exploded"
+        self.steps = steps  #: steps checked so far
 
     def message(self, what: str, step: int | None = None) -> str:
         return f"{what} at step {self.steps if step is None else step}; {HINT}"
