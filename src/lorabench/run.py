@@ -152,10 +152,8 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             fit(model, train_loader, dev_loaders, task, cfg, progress=progress, state=state, tracker=tracker)
         except ConfigError:
             raise  # the CUDA probe found the memory budget too small: an input error
-        except torch.cuda.OutOfMemoryError as e:
-            state.status, state.error, error = "oom", f"CUDA out of memory: {str(e).splitlines()[0]}", e
         except Exception as e:  # recorded in the result, then raised as RunFailed
-            state.status, state.error, error = "error", f"{type(e).__name__}: {e}", e
+            (state.status, state.error), error = crash(e), e
 
         adapter_bytes = None
         if cfg.save_adapter and state.status == "ok" and main:
@@ -165,12 +163,26 @@ def execute(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         if base_text is not None:
             result["forgetting"] = measure_forgetting(model, base_text, state.status)
         tracker.log_result(result)
-    if main:
+    return finish(path, result, error, write=main)
+
+
+def crash(e: BaseException) -> tuple[str, str]:
+    """(status, message) a run that crashed while training is recorded with."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "oom", f"CUDA out of memory: {str(e).splitlines()[0]}"
+    return "error", f"{type(e).__name__}: {e}"
+
+
+def finish(path: Path, result: dict[str, Any], error: BaseException | None, write: bool = True) -> dict[str, Any]:
+    """Write the result (whatever its status), then raise a crash as ``RunFailed`` or warn of a
+    divergence; the result otherwise. The end of every kind of run."""
+    if write:
         results.write_json_atomic(path, result)
+    rid, status = result["run_id"], result["status"]
     if error is not None:
-        raise RunFailed(f"run {rid} {state.status}: {state.error} (result: {path})", result, path) from error
-    if state.status == "diverged":
-        warnings.warn(f"run {rid} diverged: {state.error}", stacklevel=2)
+        raise RunFailed(f"run {rid} {status}: {result['error']} (result: {path})", result, path) from error
+    if status == "diverged":
+        warnings.warn(f"run {rid} diverged: {result['error']}", stacklevel=3)
     return result
 
 
@@ -192,17 +204,10 @@ def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progre
         RECIPES[cfg.kind](cfg, result, progress=progress)
     except INPUT_ERRORS:
         raise
-    except torch.cuda.OutOfMemoryError as e:
-        result["status"], result["error"], error = "oom", f"CUDA out of memory: {str(e).splitlines()[0]}", e
     except Exception as e:
-        result["status"], result["error"], error = "error", f"{type(e).__name__}: {e}", e
+        (result["status"], result["error"]), error = crash(e), e
     result["finished_at"] = results.now()
-    results.write_json_atomic(path, result)
-    if error is not None:
-        raise RunFailed(f"run {rid} {result['status']}: {result['error']} (result: {path})", result, path) from error
-    if result["status"] == "diverged":
-        warnings.warn(f"run {rid} diverged: {result['error']}", stacklevel=2)
-    return result
+    return finish(path, result, error)
 
 
 def measure_forgetting(model, base_text, status: str) -> dict | None:
