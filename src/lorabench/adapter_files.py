@@ -21,6 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import hashlib
+from collections.abc import Iterable
+
 from .errors import AdapterFileError
 
 
@@ -79,4 +82,26 @@ def recorded_task(directory: str | os.PathLike) -> str | None:
             continue
         if isinstance(data, dict) and isinstance(data.get("task"), str):
             return data["task"]
+    return None
+
+
+def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of named tensors in the given order (each name, shape and fp32 values): equal for two
+    copies of one adapter wherever they are stored (merge and mixture refuse an adapter given twice)."""
+    h = hashlib.sha256()
+    for name, t in named:
+        t = t.detach().float().contiguous().reshape(-1).cpu()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def repeated_folder(directories: Iterable[str | os.PathLike]) -> tuple[str, str] | None:
+    """(the first spelling, the later one) of the first folder given twice (the same resolved path), or None."""
+    seen: dict[Path, str] = {}
+    for d in directories:
+        key = Path(d).resolve()
+        if key in seen:
+            return seen[key], str(d)
+        seen[key] = str(d)
     return None

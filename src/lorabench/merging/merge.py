@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..adapter_files import read_json
+from ..adapter_files import read_json, repeated_folder, tensors_digest
 from ..adapters import registry
 from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError, VariantError
@@ -86,14 +86,9 @@ def result_beside(directory: Path) -> dict:
 
 
 def content_digest(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], head: dict[str, torch.Tensor]) -> str:
-    """sha256 of every factor and head tensor (names, shapes and float32 values)."""
-    h = hashlib.sha256()
+    """sha256 of every factor and head tensor (``adapter_files.tensors_digest``)."""
     named = [(f"{n}.{k}", t) for n, (B, A) in factors.items() for k, t in (("B", B), ("A", A))] + sorted(head.items())
-    for name, t in named:
-        t = t.detach().float().contiguous().reshape(-1)
-        h.update(f"{name}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return tensors_digest(named)
 
 
 def read_source(directory: str | Path) -> Source:
@@ -155,14 +150,12 @@ def check_sources(sources: list[Source]) -> None:
 
 def check_distinct_folders(directories: list[str | Path]) -> None:
     """One folder passed twice (the same resolved path) is refused, naming it."""
-    seen: dict[Path, str | Path] = {}
-    for d in directories:
-        key = Path(d).resolve()
-        if key in seen:
-            also = f" (also as {seen[key]})" if str(seen[key]) != str(d) else ""
-            raise AdapterFileError(f"adapter {d} is passed twice{also}; pass each adapter once (--weights weighs one "
-                                   "more)")
-        seen[key] = d
+    repeat = repeated_folder(directories)
+    if repeat is not None:
+        first, again = repeat
+        also = f" (also as {first})" if first != again else ""
+        raise AdapterFileError(f"adapter {again} is passed twice{also}; pass each adapter once (--weights weighs one "
+                               "more)")
 
 
 @dataclass

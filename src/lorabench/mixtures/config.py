@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..adapter_files import repeated_folder
 from ..choices import PRECISIONS
 from ..config_types import coerce
 from ..data.glue import get_task
@@ -101,14 +102,11 @@ class MixtureConfig:
             if missing:
                 raise ConfigError(f"expert adapter folder {missing[0]} does not exist; pass folders written by "
                                   "`lorabench train --save-adapter`")
-            seen: dict[Path, str] = {}
-            for d in self.experts_from:  # the same adapter twice would be two identical experts
-                first = seen.get(Path(d).resolve())
-                seen[Path(d).resolve()] = d
-                if first is not None:
-                    what = f"{d} is given twice" if first == d else f"{first} and {d} are the same folder"
-                    raise ConfigError(f"expert adapter {what}, which makes two identical experts; pass each "
-                                      "adapter once")
+            repeat = repeated_folder(self.experts_from)  # the same adapter twice: two identical experts
+            if repeat is not None:
+                first, d = repeat
+                what = f"{d} is given twice" if first == d else f"{first} and {d} are the same folder"
+                raise ConfigError(f"expert adapter {what}, which makes two identical experts; pass each adapter once")
             if not self.routed:
                 raise ConfigError("experts_from needs a router (--method lora_mixer or remix); method lora has none")
             self.experts = len(self.experts_from)

@@ -13,13 +13,13 @@ wrapped, and ``build.load_experts`` copies them into the wrapped layers.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..adapter_files import tensors_digest
 from ..checkpoint import architecture, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError
 
@@ -56,13 +56,9 @@ def read_experts(directories: list[str]) -> tuple[list[str], int, list[dict[str,
 
 
 def digest(expert: dict) -> str:
-    """sha256 of an adapter's experts (every layer's A and s B, as fp32 bytes): equal for the same weights."""
-    h = hashlib.sha256()
-    for name in sorted(k for k in expert if not k.startswith("__")):
-        for t in expert[name]:
-            h.update(f"{name}:{tuple(t.shape)}".encode())
-            h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """sha256 of an adapter's experts (every layer's A and s B: ``adapter_files.tensors_digest``), short."""
+    names = sorted(k for k in expert if not k.startswith("__"))
+    return tensors_digest((f"{name}.{i}", t) for name in names for i, t in enumerate(expert[name]))[:16]
 
 
 def check_architecture(model: nn.Module, directories: list[str], experts: list[dict]) -> None:
