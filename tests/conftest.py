@@ -125,18 +125,8 @@ def batch():
 
 
 def train_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int = 3, lr: float = 1e-2) -> None:
-    """A few AdamW steps on the batch with lorabench's parameter groups (no weight decay, so a
-    tensor moves only if it gets a gradient), the documented loop: ``before_step`` (the optimisation
-    rule) before and ``on_step`` after each. Leaves eval mode."""
-    import lorabench
+    """A few AdamW steps on the batch: the contract's own loop (``lorabench.contract.train_steps``), so
+    the built-ins' contract tests and ``lorabench check-variant`` train the same way."""
+    from lorabench.contract import train_steps as contract_steps
 
-    opt = torch.optim.AdamW(lorabench.param_groups(model, lr=lr, weight_decay=0.0))
-    model.train()
-    for step in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        lorabench.before_step(model)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        lorabench.on_step(model, step + 1, steps)
-    model.eval()
+    contract_steps(model, batch, steps=steps, lr=lr)

@@ -64,7 +64,11 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _train(model, batch, steps: int = 3, lr: float = 1e-2) -> None:
+def train_steps(model, batch, steps: int = 3, lr: float = 1e-2) -> None:
+    """A few AdamW steps on ``batch`` with the variant's parameter groups (no weight decay, so a tensor
+    moves only if it gets a gradient), in the documented order: the loss with the variant's own term,
+    ``before_step`` (the optimisation rule), the step, ``on_step``. Leaves eval mode. The contract
+    tests of every built-in (``tests/test_contract.py``) train with this loop too."""
     opt = torch.optim.AdamW(inject.param_groups(model, lr=lr, weight_decay=0.0))
     model.train()
     for step in range(steps):
@@ -110,7 +114,7 @@ def _trainable_checks(model, batch, cls, options) -> list[Check]:
     declared = {id(p) for n, p in named.items() if p.requires_grad}
     running = {f"{n}.adapter.{b}" for n, layer in inject.adapted_layers(model) for b in layer.adapter.running_buffers}
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    _train(model, batch)
+    train_steps(model, batch)
     after = model.state_dict()
     moved_frozen = sorted(k for k, v in before.items() if k not in trainable and k not in running
                           and not torch.equal(after[k], v))
