@@ -251,11 +251,6 @@ def validate(data: Any) -> str | None:
     return None
 
 
-def kind_of(result: dict) -> str:
-    """``kind`` of a result; "run" for a file written before scenario kinds."""
-    return result.get("kind") or "run"
-
-
 def method_of(result: dict) -> str:
     """The row a result is in the report: its ``method`` (the variant for a plain run)."""
     method = result.get("method")

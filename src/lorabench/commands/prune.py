@@ -25,7 +25,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import dataclasses
 import sys
 
 from .. import models, results, run
@@ -95,7 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     failed = 0
     for cfg in configs:
         try:
-            result = run.execute(dataclasses.replace(cfg), progress=not cfg.quiet)
+            result = run.execute(cfg, progress=not cfg.quiet)
         except RunFailed as e:  # its result is written; the other runs go on
             print(f"error: {e}", file=sys.stderr)
             failed += 1

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import inject
-from ..measure import environment, peak_memory, reset_peak_memory
+from ..measure import peak_memory, reset_peak_memory
 from .settings import FedSettings
 from .simulate import HEADS, simulate
 
@@ -44,7 +44,6 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
         "time": {"train_s": sum(r["time_s"] for r in rounds) - eval_s, "eval_s": eval_s,
                  "examples_per_s": None, "tokens_per_s": None},
         "memory": {**result["memory"], **peak_memory(device)},
-        "env": environment(device),
         "details": {"heads": HEADS, **record},
     })
     result["metric"] = {"name": result["primary_metric"], "selected_on": "last",

@@ -31,9 +31,8 @@ from ..adapters.base import adapted_layers
 from ..config import RunConfig
 from ..data import build_loaders, get_task
 from ..data.batching import ShuffledBatches
-from ..precision import resolve_precision
 from ..training.evaluate import evaluate
-from ..training.placement import amp_dtype, device_of
+from ..training.placement import autocast_dtype, device_of
 from ..train import fit, set_seed
 from .registry import Aggregation, Factors, weighted_mean, weighted_product
 from .settings import FedSettings
@@ -107,7 +106,7 @@ def evaluate_global(model, loaders: dict, task, precision: str = "fp32") -> dict
     """{split: {metric: value}} of the model as it stands (the global model), on its device, in the
     run's autocast (``training.evaluate``: the one evaluation every loop shares)."""
     device = device_of(model)
-    return evaluate(model, loaders, task, device, amp_dtype(resolve_precision(precision, device), device))
+    return evaluate(model, loaders, task, device, autocast_dtype(precision, device))
 
 
 def load(cfg: RunConfig, settings: FedSettings):

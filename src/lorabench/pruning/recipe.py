@@ -36,7 +36,7 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
         "best": point, "final": dict(point), "history": train.get("history") or [],
         "train_loss": train.get("train_loss") or [],
         "params": {"trainable": job.trainable, "total": outcome.params["inference"]},
-        "time": {**result["time"], **{k: v for k, v in (train.get("time") or {}).items()}},
+        "time": {**result["time"], **(train.get("time") or {})},
         "memory": {**result["memory"], **(train.get("memory") or {})},
         "details": record,
     })

@@ -71,7 +71,7 @@ def extensions(sweep: Sweep, original: dict[tuple, tuple[float, float]]) -> tupl
     """(new runs due to the results on disk, notes of groups that hit the bound). ``original``:
     each group's (lowest, highest) learning rate as planned."""
     out, seeds = Path(sweep.out), list(dict.fromkeys(r.config.seed for r in sweep.runs))
-    first = [r.config.seed for r in sweep.runs][0] if sweep.runs else None
+    first = sweep.runs[0].config.seed if sweep.runs else None  # the plan runs every first seed first
     new, notes = [], []
     for key, by_lr in _groups(sweep).items():
         lrs = sorted(by_lr)
@@ -107,7 +107,7 @@ def bound_note(sweep: Sweep) -> str | None:
     groups = _groups(sweep)
     seeds = len({r.config.seed for r in sweep.runs})
     most = 2 * sweep.extend_grid * len(groups)
-    return (f"extend_grid: {sweep.extend_grid}: a group whose best lr (seed {[r.config.seed for r in sweep.runs][0]}, "
+    return (f"extend_grid: {sweep.extend_grid}: a group whose best lr (seed {sweep.runs[0].config.seed}, "
             f"selection split) is at an edge of its grid gets one more point on that side, up to "
             f"{sweep.extend_grid} per side: at most {most} extra configurations over {len(groups)} lr grids "
             f"(x {seeds} seeds: {most * seeds} runs without halving)")
@@ -118,7 +118,7 @@ def run_extending(sweep: Sweep, run: Callable[[Sweep], dict[str, str | None]]) -
     point's first seed runs before the next decision), then return the extended sweep (the caller
     runs the rest: halving or every seed) with the statuses so far and the bound notes."""
     edges = original_edges(sweep)
-    first = [r.config.seed for r in sweep.runs][0]
+    first = sweep.runs[0].config.seed
     statuses: dict[str, str | None] = {}
     while True:
         due = [r for r in sweep.runs if r.config.seed == first and r.run_id not in statuses]

@@ -32,6 +32,12 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES.get(precision)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run asked to compute in ``precision`` gets on ``device`` (a model already
+    placed: its evaluation, a forward pass)."""
+    return amp_dtype(resolve_precision(precision, device), device)
+
+
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling for fp16 (its 5-bit exponent underflows small gradients); a no-op otherwise,
     so fp32 and bf16 steps are exactly the unscaled ones."""

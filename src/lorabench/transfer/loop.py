@@ -21,12 +21,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..precision import autocast, resolve_precision
+from ..precision import autocast
 from ..seeding import linear_warmup_decay, set_seed
 from ..training.evaluate import evaluate as evaluate_on
 from ..training.guard import DivergenceGuard
 from ..training.meter import Meter
-from ..training.placement import amp_dtype, device_of, grad_scaler, placement, to_device
+from ..training.placement import autocast_dtype, device_of, grad_scaler, placement, to_device
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -126,7 +126,7 @@ def logits_of(model: nn.Module, batches: Iterable[Batch], precision: str = "fp32
     the model's device; the forward runs under ``precision``'s autocast)."""
     model.eval()
     device = device_of(model)
-    amp = amp_dtype(resolve_precision(precision, device), device)
+    amp = autocast_dtype(precision, device)
     out = []
     for b in batches:
         with autocast(device, amp):
@@ -138,7 +138,7 @@ def evaluate(model: nn.Module, loaders: dict, task, precision: str = "fp32") -> 
     """{split: {metric: value}} of ``model`` on each dev loader (``training.evaluate`` on the model's
     device, in eval mode, under ``precision``'s autocast: the arm's own)."""
     device = device_of(model)
-    return evaluate_on(model, loaders, task, device, amp_dtype(resolve_precision(precision, device), device))
+    return evaluate_on(model, loaders, task, device, autocast_dtype(precision, device))
 
 
 def head_module(model: nn.Module) -> nn.Module:
