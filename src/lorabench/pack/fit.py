@@ -27,8 +27,8 @@ from .. import distributed, inject
 from ..divergence import check_after_training, divergence
 from ..measure import Stopwatch, Throughput, peak_memory, reset_peak_memory
 from ..precision import resolve_precision
-from ..train import (TrainState, make_optimizer, make_schedule, record_evaluation, set_seed, split_batch,
-                     step_groups)
+from ..train import (TrainState, first_batches, make_optimizer, make_schedule, record_evaluation, set_seed,
+                     split_batch, step_groups)
 from .model import PackedModel, RunView, evaluate_pack
 
 
@@ -66,8 +66,13 @@ class Member:
         return group
 
 
-def _setup(m: Member, accelerator) -> None:
-    """The run's optimizer, loaders and schedule, as ``train.fit`` makes them."""
+def _setup(m: Member, accelerator, generator: torch.Generator) -> None:
+    """The run's optimizer, loaders and schedule, as ``train.fit`` makes them. Its loaders draw
+    from ``generator`` (its own, ``pack.noise``) what they draw alone from the global one, and the
+    first batches are read ahead as ``fit`` reads them for ``prepare``."""
+    for loader in (m.train_loader, *m.dev_loaders.values()):
+        loader.generator = generator
+    first_batches(m.train_loader)
     m.optimizer, m.trainable = make_optimizer(m.model, m.cfg)
     m.train_loader, *dev = accelerator.prepare(m.train_loader, *m.dev_loaders.values())
     m.dev_loaders = dict(zip(m.dev_loaders, dev))
@@ -87,7 +92,7 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
     packed.to(accelerator.device)
     for m in members:
         m.state.precision = precision
-        _setup(m, accelerator)
+        _setup(m, accelerator, packed.pack.noise.generators[m.index])
     clock = Stopwatch(cuda)
     reset_peak_memory(device)
     packed.train()
@@ -96,7 +101,7 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
     def evaluate(due: list[Member]) -> None:
         clock.stop()
         with Stopwatch(cuda) as watch:
-            metrics = evaluate_pack(packed, [m.index for m in due], due[0].dev_loaders, task, device, amp)
+            metrics = evaluate_pack(packed, [m.index for m in due], [m.dev_loaders for m in due], task, device, amp)
         for m, got in zip(due, metrics):
             record_evaluation(m.state, got, m.since_eval, clock.total, task)
             m.since_eval, m.evaluated_at = [], m.state.step

@@ -13,8 +13,8 @@ keep the *original* W in the shared base and add their residual as one more low-
 -s_k (x A0_k^T) B0_k^T, concatenated to the factors: never a per-run copy of the base.
 
 Each run's trainable head (a linear ``classifier`` / ``score``) is applied the same way.
-Dropout inside a pack draws each run's rows from that run's own generator (seeded by its seed),
-so a run's masks depend on its seed and the pack's padded length, never on the other runs' values.
+Dropout inside a pack (the model's, the adapters') draws each run's masks exactly as the run
+draws them alone (``pack.noise``).
 """
 
 from __future__ import annotations
@@ -23,16 +23,23 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from .noise import PackNoise
+
 
 class Segments:
-    """The rows of a packed batch: run ``runs[j]`` owns ``rows[j]`` consecutive rows, in that order."""
+    """The rows of a packed batch: run ``runs[j]`` owns ``rows[j]`` consecutive rows, in that order.
 
-    def __init__(self, runs: list[int], rows: list[int]):
-        self.runs, self.rows = list(runs), list(rows)
+    ``width``: the packed batch's tokens per row. ``origins[j]``: where run ``runs[j]``'s rows come
+    from, ``(indices into its micro-batch, (its rows, its width))`` (for its dropout masks);
+    by default all the rows of a micro-batch as wide as the packed batch."""
+
+    def __init__(self, runs: list[int], rows: list[int], width: int = 0,
+                 origins: list[tuple[torch.Tensor, tuple[int, int]]] | None = None):
+        self.runs, self.rows, self.width = list(runs), list(rows), width
+        self.origins = origins if origins is not None else [(torch.arange(n), (n, width)) for n in self.rows]
         self.total = sum(rows)
         self.equal = len(set(rows)) == 1
         self._index: dict[tuple, torch.Tensor] = {}
@@ -80,30 +87,22 @@ class Segments:
 
 
 class Pack(nn.Module):
-    """What the packed layers share: the runs' generators and the current ``Segments``."""
+    """What the packed layers share: the runs' random draws (``noise``) and the current ``Segments``."""
 
     def __init__(self, seeds: list[int]):
         super().__init__()
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.noise = PackNoise(seeds)
         self.segments: Segments | None = None
 
     @contextmanager
     def rows(self, segments: Segments) -> Iterator[None]:
-        """Inside: every packed layer reads ``segments``, and dropout draws per run."""
-        self.segments, dropout = segments, F.dropout
-
-        def per_run_dropout(x, p=0.5, training=True, inplace=False):
-            if not training or p == 0.0 or x.dim() == 0 or x.shape[0] != segments.total:
-                return dropout(x, p, training, inplace)
-            masks = [torch.empty((n, *x.shape[1:]), dtype=x.dtype).bernoulli_(1 - p, generator=self.generators[k])
-                     for k, n in zip(segments.runs, segments.rows)]
-            return x * torch.cat(masks).to(x.device).div_(1 - p)
-
-        F.dropout = per_run_dropout  # nn.Dropout and the attention's functional dropout both call it
+        """Inside: every packed layer reads ``segments``; each run's dropout calls count from 0."""
+        self.segments = segments
+        self.noise.new_forward()
         try:
             yield
         finally:
-            F.dropout, self.segments = dropout, None
+            self.segments = None
 
 
 class PackedLinear(nn.Module):
@@ -131,17 +130,29 @@ class PackedLinear(nn.Module):
             Bs.append((B * s).t())
         return pad_sequence(As, batch_first=True), pad_sequence(Bs, batch_first=True)
 
+    def lora_dropout(self, x: torch.Tensor, seg: Segments) -> torch.Tensor:
+        """(N, T, in) ``x`` with each run's own LoRA dropout (p = 0: its rows as they are)."""
+        drop = [getattr(self.adapters[k].opts, "dropout", 0.0) for k in seg.runs]
+        if not any(drop):
+            return x
+        parts, start = [], 0
+        for j, (k, n, p) in enumerate(zip(seg.runs, seg.rows, drop)):
+            part = x[start:start + n]
+            if p > 0:
+                one = Segments([k], [n], seg.width, [seg.origins[j]])
+                part = self.pack.noise.drop(part, p, one)
+            parts.append(part)
+            start += n
+        return torch.cat(parts)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seg = self.pack.segments
         h = self.base_layer(x)
         A, B = self.factors(seg.runs)
-        xs = seg.split(x.to(A.dtype))  # (K, L, in)
-        drop = [getattr(self.adapters[k].opts, "dropout", 0.0) for k in seg.runs]
-        if self.training and any(drop):  # LoRA's own dropout on its input, per run
-            gens = self.pack.generators
-            masks = [torch.empty(xs.shape[1:], dtype=xs.dtype).bernoulli_(1 - p, generator=gens[k]).div_(1 - p)
-                     if p > 0 else torch.ones(xs.shape[1:], dtype=xs.dtype) for k, p in zip(seg.runs, drop)]
-            xs = xs * torch.stack(masks).to(xs.device)
+        xs = x.to(A.dtype)
+        if self.training:  # LoRA's own dropout on its input: the runs that have one, each its own mask
+            xs = self.lora_dropout(xs, seg)
+        xs = seg.split(xs)  # (K, L, in)
         delta = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B)  # (K, L, R) -> (K, L, out)
         return h + seg.join(delta, h).to(h.dtype)
 

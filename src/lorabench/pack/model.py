@@ -24,6 +24,7 @@ from ..adapters.base import AdaptedLinear
 from ..heads import task_loss
 from ..targets import set_module
 from .layers import Pack, PackedHead, PackedLinear, Segments
+from .noise import swap_dropout, use_packed_attention
 
 
 def share_frozen(own: nn.Module, shared: nn.Module) -> None:
@@ -52,8 +53,12 @@ TOKEN_BUDGET = 1024
 EVAL_TOKEN_BUDGET = 4096
 
 
-def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> list[tuple[list[int], list[dict]]]:
-    """The rows of the runs' batches regrouped by length: [(runs in the chunk, their sub-batches)].
+Chunk = tuple[list[int], list[dict], list[tuple[torch.Tensor, tuple[int, int]]]]
+
+
+def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> list[Chunk]:
+    """The rows of the runs' batches regrouped by length: [(runs in the chunk, their sub-batches,
+    where those rows come from: (indices into the run's batch, (its rows, its width)))].
     Rows are sorted by real length, longest first, and cut into chunks of at most ``budget`` padded
     tokens (a chunk holds at least one row); within a chunk each run's rows keep their order and
     are cut to the chunk's longest row (right padding: the columns cut are padding for all)."""
@@ -68,13 +73,14 @@ def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> 
         longest = -rows[start][0]
         end = start + max(1, min(len(rows) - start, budget // max(longest, 1)))
         members = sorted(rows[start:end], key=lambda r: (r[1], r[2]))
-        chunk_runs, chunk_batches = [], []
+        chunk_runs, chunk_batches, origins = [], [], []
         for j in sorted({r[1] for r in members}):
             idx = torch.tensor([r[2] for r in members if r[1] == j])
             chunk_runs.append(runs[j])
             chunk_batches.append({k: (v[idx][:, :longest] if v.dim() == 2 else v[idx]) if torch.is_tensor(v) else v
                                   for k, v in batches[j].items()})
-        out.append((chunk_runs, chunk_batches))
+            origins.append((idx, tuple(batches[j]["input_ids"].shape)))
+        out.append((chunk_runs, chunk_batches, origins))
         start = end
     return out
 
@@ -96,6 +102,8 @@ class PackedModel(nn.Module):
             set_module(shared, name, PackedLinear(shared.get_submodule(name), adapters, self.pack))
         for head in states[0].head:
             setattr(shared, head, PackedHead([getattr(m, head) for m in runs], self.pack))
+        swap_dropout(shared, self.pack)
+        use_packed_attention(shared, self.pack)
         self.shared = shared
 
     def batch(self, batches: list[dict]) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -110,11 +118,15 @@ class PackedModel(nn.Module):
                 out.setdefault(key, []).append(value)
         return {k: torch.cat(v) for k, v in out.items()}, [len(b["input_ids"]) for b in batches]
 
-    def forward(self, runs: list[int], batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None, Segments]:
-        """(logits (N, C), per-row loss (N,) or None without labels, the segments)."""
+    def forward(self, runs: list[int], batches: list[dict], origins: list | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, Segments]:
+        """(logits (N, C), per-row loss (N,) or None without labels, the segments). ``origins``:
+        where the rows come from (``chunks``); by default each batch is a whole micro-batch."""
         inputs, rows = self.batch(batches)
         labels = inputs.pop("labels", None)
-        segments = Segments(runs, rows)
+        if origins is None:  # whole micro-batches: their dropout masks are drawn anew
+            self.pack.noise.new_micro_batch()
+        segments = Segments(runs, rows, inputs["input_ids"].shape[1], origins)
         with self.pack.rows(segments):
             logits = self.shared(**inputs).logits
         loss = None if labels is None else task_loss(logits, labels, self.regression, reduction="none")
@@ -129,9 +141,10 @@ class PackedModel(nn.Module):
         counts = torch.tensor([float(len(b["input_ids"])) for b in batches], device=device)
         row_weight = torch.tensor(weights, device=device) / counts
         sums = torch.zeros(len(runs), device=device)
-        for chunk_runs, chunk_batches in chunks(runs, batches):
+        self.pack.noise.new_micro_batch()
+        for chunk_runs, chunk_batches, origins in chunks(runs, batches):
             with autocast(device, amp):
-                _, loss, seg = self(chunk_runs, chunk_batches)
+                _, loss, seg = self(chunk_runs, chunk_batches, origins)
             where = torch.tensor([runs.index(k) for k in chunk_runs], device=device)[seg.owner(device)]
             (loss * row_weight[where]).sum().backward()
             sums.index_add_(0, where, loss.detach().float())
@@ -157,16 +170,19 @@ class RunView(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict, task, device, amp) -> list[dict]:
-    """Dev metrics of each of ``runs`` ({split: {metric: value}}): each dev batch read once for all,
-    the base run on as many copies of it at a time as ``EVAL_TOKEN_BUDGET`` padded tokens allow."""
+def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dict], task, device, amp) -> list[dict]:
+    """Dev metrics of each of ``runs`` ({split: {metric: value}}): each dev batch computed once for
+    all, the base run on as many copies of it at a time as ``EVAL_TOKEN_BUDGET`` padded tokens allow.
+    ``loaders``: {split: loader} for all, or one per run (``loaders[j]``: run ``runs[j]``'s, each
+    iterated as the run iterates it alone, so the random draws of a training run stay its own)."""
+    loaders = [loaders] if isinstance(loaders, dict) else loaders
     training = packed.training
     packed.eval()
     out: list[dict] = [{} for _ in runs]
-    for split, loader in loaders.items():
+    for split in loaders[0]:
         preds: list[list] = [[] for _ in runs]
         labels = []
-        for batch in loader:
+        for batch, *_ in zip(*(own[split] for own in loaders), strict=True):
             inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
             at_once = max(1, EVAL_TOKEN_BUDGET // inputs["input_ids"].numel())
             for first in range(0, len(runs), at_once):
