@@ -67,6 +67,26 @@ def test_a_mixed_pack_with_dropout_trains_step_for_step_as_its_runs_alone(tmp_pa
     assert len({p["best"]["metrics"]["validation"]["accuracy"] for p in packed} | {0.0}) >= 2  # runs that differ
 
 
+#: Variants whose layer output is a low-rank product with per-run scalings (VeRA, LoRA-XS, NLoRA,
+#: Uni-LoRA), a column scaling of one (DoRA, with and without its dropout), or nothing (head).
+OTHERS = [{"variant": "dora", "lr": 1e-3, "seed": 0, "options": {"dropout": 0.1}},
+          {"variant": "dora", "lr": 1e-3, "seed": 4}, {"variant": "vera", "lr": 1e-2, "seed": 1},
+          {"variant": "head", "lr": 1e-2, "seed": 2}, {"variant": "lora_xs", "lr": 1e-3, "seed": 3, "batch_size": 8},
+          {"variant": "uni_lora", "lr": 1e-3, "seed": 5}, {"variant": "nlora", "lr": 1e-3, "seed": 6}]
+
+
+def test_dora_vera_head_and_other_products_pack_and_equal_their_twins(tmp_path):
+    runs = [m | {"model_dropout": 0.1} for m in OTHERS]
+    packed = execute_pack([config(tmp_path / "packed", **m) for m in runs])
+    alone = [execute(config(tmp_path / "alone", **m), progress=False) for m in runs]
+    for p, a in zip(packed, alone):
+        assert p["status"] == a["status"] == "ok" and p["packed"]["size"] == len(runs)
+        assert len(p["train_loss"]) == len(a["train_loss"]) >= 4
+        for (_, lp), (_, la) in zip(p["train_loss"], a["train_loss"]):
+            assert abs(lp - la) <= 1e-6 * abs(la), (p["config"]["variant"], lp, la)
+        assert p["best"] == a["best"] and p["final"] == a["final"]
+
+
 def test_packed_layers_give_each_run_its_own_outputs_and_gradients(tmp_path):
     cfgs = [config(tmp_path, **m) for m in MIXED]
     loaded = [load(c) for c in cfgs]
@@ -105,15 +125,16 @@ def test_packed_layers_give_each_run_its_own_outputs_and_gradients(tmp_path):
 
 def test_the_plan_packs_what_shares_a_base_and_says_why_the_rest_trains_alone(tmp_path):
     spec = {"base": BASE, "seeds": [0, 1], "variants": {"lora": {"lr": [1e-3, 5e-4]}, "pissa": {"lr": [1e-3]},
-                                                        "dora": {"lr": [1e-3]}}}
+                                                        "adalora": {"lr": [1e-3]}}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     s = sweep.load_sweep(path, {"out": str(tmp_path / "o"), "pack": 4})
     assert s.pack == 4
     units, _ = packing.group(s.runs, 4)
-    assert sorted(len(u) for u in units) == [1, 1, 2, 4]  # 6 lora/pissa runs: 4 + 2; dora alone, twice
-    assert {u[0].config.variant for u in units if len(u) == 1} == {"dora"}
-    assert any("2 runs train alone: variant dora: its layer output is not W0 x + s B A x" in n for n in s.notes)
+    assert sorted(len(u) for u in units) == [1, 1, 2, 4]  # 6 lora/pissa runs: 4 + 2; adalora alone, twice
+    assert {u[0].config.variant for u in units if len(u) == 1} == {"adalora"}
+    assert any("2 runs train alone: variant adalora: its change to a layer is not a low-rank product" in n
+               for n in s.notes)
     assert packing.unpackable(config(tmp_path, memory_budget="4GiB")).startswith("a memory budget")
     with pytest.raises(sweep.SweepError, match="pack must be a positive integer"):
         sweep.load_sweep(path, {"out": str(tmp_path / "o"), "pack": 0})

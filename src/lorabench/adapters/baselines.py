@@ -43,3 +43,8 @@ class Head(Variant):
     @dataclass
     class Options:
         pass
+
+    @classmethod
+    def unpackable(cls):
+        """A head run packs: it adds nothing to the shared frozen encoder, its head is its own."""
+        return None

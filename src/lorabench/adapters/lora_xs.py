@@ -77,6 +77,14 @@ class LoRAXS(Variant):
         z = F.linear(z, self.R * self.scale)  # (..., r)
         return F.linear(z, self.lora_B)  # (..., out)
 
+    def pack_factors(self):
+        """(A, B R, s): the same rank-r product, for a pack's batched product (``lorabench.pack``)."""
+        return self.lora_A, self.lora_B @ self.R, self.scale
+
+    @classmethod
+    def unpackable(cls):
+        return None
+
     def delta_weight(self):
         return self.scale * (self.lora_B @ self.R @ self.lora_A)  # (out, in)
 

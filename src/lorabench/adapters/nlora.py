@@ -178,6 +178,14 @@ class NLoRA(Variant):
         z = F.linear(z, self.lora_N * self.scale)  # (..., r)
         return F.linear(z, self.lora_B)  # (..., out)
 
+    def pack_factors(self):
+        """(A, B N, s): the same rank-r product, for a pack's batched product (``lorabench.pack``)."""
+        return self.lora_A, self.lora_B @ self.lora_N, self.scale
+
+    @classmethod
+    def unpackable(cls):
+        return None
+
     def delta_weight(self):
         return self.scale * (self.lora_B @ self.lora_N @ self.lora_A)  # (out, in)
 

@@ -119,6 +119,15 @@ class UniLoRA(Variant):
         A, B = self.factors_from_theta()
         return F.linear(F.linear(self.dropout(x), A), B)  # (..., r) -> (..., out)
 
+    def pack_factors(self):
+        """(A, B, 1) read from theta as ``delta`` reads them, for a pack's batched product."""
+        A, B = self.factors_from_theta()
+        return A, B, 1.0
+
+    @classmethod
+    def unpackable(cls):
+        return None
+
     def delta_weight(self):
         A, B = self.factors_from_theta()
         return B @ A  # (out, in)

@@ -111,6 +111,16 @@ class VeRA(Variant):
         z = F.linear(self.dropout(x), self.vera_A.to(x.dtype)) * self.lambda_d.to(x.dtype)  # (..., r)
         return F.linear(z, self.vera_B.to(x.dtype)) * self.lambda_b.to(x.dtype)  # (..., out)
 
+    def pack_factors(self):
+        """(diag(lambda_d) A, diag(lambda_b) B, 1): the same low-rank product, for a pack's batched
+        product (``lorabench.pack``); the gradients reach lambda_d, lambda_b through the scalings."""
+        return self.lambda_d[:, None] * self.vera_A, self.lambda_b[:, None] * self.vera_B, 1.0
+
+    @classmethod
+    def unpackable(cls):
+        """VeRA packs: its change is a rank-r product with per-run diagonal scalings of frozen A, B."""
+        return None
+
     def delta_weight(self):
         return _VeraDelta.apply(None, self.lambda_b, self.lambda_d, self.vera_A, self.vera_B)  # (out, in)
 

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from .noise import PackNoise
 
@@ -106,33 +106,75 @@ class Pack(nn.Module):
 
 
 class PackedLinear(nn.Module):
-    """A frozen ``base_layer`` shared by the runs of a pack, each run's LoRA on its own rows.
+    """A frozen ``base_layer`` shared by the runs of a pack, each run's adapter on its own rows.
 
-    ``adapters[k]`` is run k's variant module (``adapters.LoRA`` or a subclass that packs), the
-    very object its own model holds, so its optimizer, rule and saved adapter are the run's own."""
+    ``adapters[k]`` is run k's variant module (one that packs: its change is a low-rank product,
+    ``pack_factors``, maybe with a column scaling, ``pack_scale``), the very object its own model
+    holds, so its optimizer, rule and saved adapter are the run's own; a run that adapts no layer
+    (``head``) holds an empty module here. For run k on its rows, with x_d its adapter's dropout of x:
 
-    def __init__(self, base_layer: nn.Module, adapters: list[nn.Module], pack: Pack):
+        y_k = W x + b + (c_k - 1) W x_d + c_k s_k B_k A_k x_d      c_k = 1 unless ``pack_scale`` (DoRA)
+    """
+
+    def __init__(self, base_layer: nn.Module, adapters: list[nn.Module | None], pack: Pack):
         super().__init__()
         self.base_layer = base_layer
-        self.adapters = nn.ModuleList(adapters)
+        self.adapters = nn.ModuleList([nn.Module() if a is None else a for a in adapters])
+        self.present = [a is not None for a in adapters]
         object.__setattr__(self, "pack", pack)  # shared by every layer: not a submodule
 
-    def factors(self, runs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A: (K, R, in), B: (K, R, out)) of ``runs``, scale folded into B and the residual term
-        of a PiSSA/OLoRA run appended, ranks zero-padded to the largest R."""
-        As, Bs = [], []
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen W0 as (out, in) (GPT-2's ``Conv1D`` stores (in, out))."""
+        w = self.base_layer.weight
+        return w.t() if type(self.base_layer).__name__ == "Conv1D" else w
+
+    def factors(self, runs: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(A: (R_k, in), B^T: (R_k, out))] of ``runs``, scale folded into B and the residual term
+        of a PiSSA/OLoRA run appended (rank 0: a run with no adapter here)."""
+        out = []
+        W = self.weight
         for k in runs:
             v = self.adapters[k]
+            if not self.present[k]:
+                out.append((W.new_zeros(0, W.shape[1]), W.new_zeros(0, W.shape[0])))
+                continue
             A, B, s = v.pack_factors()
             if getattr(v, "lora_A0", None) is not None:  # the shared base holds W, the run W - s B0 A0
                 A, B = torch.cat([A, v.lora_A0]), torch.cat([B, -v.lora_B0], dim=1)
-            As.append(A)
-            Bs.append((B * s).t())
-        return pad_sequence(As, batch_first=True), pad_sequence(Bs, batch_first=True)
+            out.append((A, (B * s).t()))
+        return out
+
+    @staticmethod
+    def low_rank(xs: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(K, L, out) each run's x_k A_k^T B_k^T for ``xs`` (K, L, in): one batched product per rank
+        (a VeRA run's r = 256 never pads a LoRA run's r = 8)."""
+        by_rank: dict[int, list[int]] = {}
+        for j, (A, _) in enumerate(factors):
+            by_rank.setdefault(A.shape[0], []).append(j)
+        if len(by_rank) == 1:
+            A, B = torch.stack([f[0] for f in factors]), torch.stack([f[1] for f in factors])
+            return torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B)  # (K, L, R) -> (K, L, out)
+        parts: list[torch.Tensor | None] = [None] * len(factors)
+        for group in by_rank.values():
+            A = torch.stack([factors[j][0] for j in group])  # (G, R, in)
+            B = torch.stack([factors[j][1] for j in group])  # (G, R, out)
+            for j, d in zip(group, torch.bmm(torch.bmm(xs[group], A.transpose(1, 2)), B)):
+                parts[j] = d
+        return torch.stack(parts)
+
+    def column_scales(self, runs: list[int]) -> torch.Tensor | None:
+        """(K, out) each run's c (``pack_scale``), or None when every c is 1."""
+        W = self.weight
+        scales = [self.adapters[k].pack_scale(W) if self.present[k] and hasattr(self.adapters[k], "pack_scale")
+                  else None for k in runs]
+        if all(c is None for c in scales):
+            return None
+        return torch.stack([W.new_ones(W.shape[0]) if c is None else c for c in scales])
 
     def lora_dropout(self, x: torch.Tensor, seg: Segments) -> torch.Tensor:
         """(N, T, in) ``x`` with each run's own LoRA dropout (p = 0: its rows as they are)."""
-        drop = [getattr(self.adapters[k].opts, "dropout", 0.0) for k in seg.runs]
+        drop = [getattr(getattr(self.adapters[k], "opts", None), "dropout", 0.0) for k in seg.runs]
         if not any(drop):
             return x
         parts, start = [], 0
@@ -148,13 +190,18 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seg = self.pack.segments
         h = self.base_layer(x)
-        A, B = self.factors(seg.runs)
-        xs = x.to(A.dtype)
-        if self.training:  # LoRA's own dropout on its input: the runs that have one, each its own mask
-            xs = self.lora_dropout(xs, seg)
-        xs = seg.split(xs)  # (K, L, in)
-        delta = torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B)  # (K, L, R) -> (K, L, out)
-        return h + seg.join(delta, h).to(h.dtype)
+        factors = self.factors(seg.runs)
+        x_d = x.to(factors[0][0].dtype)
+        if self.training:  # the adapters' own dropout on their input: the runs that have one, each its own mask
+            x_d = self.lora_dropout(x_d, seg)
+        delta = self.low_rank(seg.split(x_d), factors)  # (K, L, out)
+        c = self.column_scales(seg.runs)
+        if c is None:
+            return h + seg.join(delta, h).to(h.dtype)
+        bias = self.base_layer.bias
+        wx_d = F.linear(x_d, self.weight.to(x_d.dtype)) if x_d is not x else (h if bias is None else h - bias)
+        c = c[seg.owner(h.device)].view(-1, *[1] * (h.dim() - 2), h.shape[-1])  # (N, 1.., out): each row's run's c
+        return h + ((c - 1) * wx_d + c * seg.join(delta, h)).to(h.dtype)
 
 
 class PackedHead(nn.Module):

@@ -97,8 +97,9 @@ class PackedModel(nn.Module):
         self.pad_id = pad_id
         self.regression = getattr(shared.config, "problem_type", None) == "regression"
         states = [inject.state_of(m) for m in runs]
-        for name in states[0].targets:
-            adapters = [m.get_submodule(name).adapter for m in runs]
+        for name in dict.fromkeys(t for state in states for t in state.targets):  # a head run adapts none
+            adapters = [m.get_submodule(name).adapter if name in state.targets else None
+                        for m, state in zip(runs, states)]
             set_module(shared, name, PackedLinear(shared.get_submodule(name), adapters, self.pack))
         for head in states[0].head:
             setattr(shared, head, PackedHead([getattr(m, head) for m in runs], self.pack))
