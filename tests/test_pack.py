@@ -173,8 +173,12 @@ def test_a_killed_packed_sweep_resumes_without_losing_or_repeating_a_run(tmp_pat
 def test_a_diverging_run_leaves_the_pack_and_the_others_train_on(tmp_path):
     steady = {"variant": "lora", "lr": 1e-3, "seed": 0, "grad_accum": 2, "batch_size": 8, "eval_every": 2}
     wild = {"variant": "lora", "lr": 1e4, "seed": 1, "epochs": 3}
-    packed = execute_pack([config(tmp_path / "packed", **steady), config(tmp_path / "packed", **wild)])
+    seen = []  # the steps a sweep's bar shows while the pack trains
+    packed = execute_pack([config(tmp_path / "packed", **steady), config(tmp_path / "packed", **wild)],
+                          progress=lambda done, total: seen.append((done, total)))
     alone = execute(config(tmp_path / "alone", **steady), progress=False)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1] == seen[0][1]
+    assert len(seen) >= packed[0]["steps"]["total"]  # one report per step, the diverged run counted as done
     assert packed[1]["status"] == "diverged" and "lower the learning rate" in packed[1]["error"]
     assert packed[1]["steps"]["done"] < packed[1]["steps"]["total"]  # it left the pack early
     assert packed[0]["status"] == alone["status"] == "ok"

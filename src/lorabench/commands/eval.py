@@ -44,6 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32, help="dev examples per batch [32]")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON to FILE (its folder "
                                                                 "is created; never inside an adapter folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cross-task", action="store_true",
                    help="evaluate adapters whose run recorded another task than --task (rows marked) [refused]")
     p.set_defaults(func=cmd_eval)
@@ -57,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models.quiet_transformers()
     rows = evaluate_adapters(args.adapters, args.task, model=args.model, layers=args.layers, data_dir=args.data_dir,
                              eval_limit=args.eval_limit, max_length=args.max_length, batch_size=args.batch_size,
-                             cross_task=args.cross_task)
+                             cross_task=args.cross_task, progress=not args.quiet)
     cols = [(split, name) for split, m in rows[0]["metrics"].items() for name in m]
     table = Table(f"Dev metrics ({args.task}, {len(rows)} adapters)",
                   ["adapter", "variant", "options", *(f"{s} {n}" for s, n in cols)],

@@ -77,9 +77,10 @@ def check_tasks(dirs: list[Path], spec, cross_task: bool) -> list[str | None]:
 
 def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model: str | None = None,
                       layers: int | None = None, data_dir: str | None = None, eval_limit: int | None = None,
-                      max_length: int = 128, batch_size: int = 32, cross_task: bool = False) -> list[dict[str, Any]]:
+                      max_length: int = 128, batch_size: int = 32, cross_task: bool = False,
+                      progress: bool = False) -> list[dict[str, Any]]:
     """One row per adapter: {"adapter", "variant", "options", "packed", "peft", "trained_task", "cross_task",
-    "metrics": {split: {...}}}."""
+    "metrics": {split: {...}}}. ``progress``: a bar over the dev batches of the packed pass."""
     if not directories:
         raise AdapterFileError("no adapter folders given; pass one or more run-<id>-adapter folders")
     dirs = [Path(d) for d in directories]
@@ -117,7 +118,8 @@ def evaluate_adapters(directories: list[str | os.PathLike], task: str, *, model:
             share_frozen(own[k], shared)
         packed = PackedModel(shared, [own[k] for k in packs], [0] * len(packs), pad_token_id(tokenizer))
         packed.to(device)
-        for k, got in zip(packs, evaluate_pack(packed, list(range(len(packs))), loaders, spec, device, None)):
+        for k, got in zip(packs, evaluate_pack(packed, list(range(len(packs))), loaders, spec, device, None,
+                                                    progress=progress)):
             metrics[k] = got
     for k in range(len(dirs)):
         if k not in metrics:

@@ -80,8 +80,11 @@ def _setup(m: Member, accelerator, generator: torch.Generator) -> None:
     m.state.memory["oom_retries"] = 0
 
 
-def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Callable[[Member], None]) -> float:
-    """Train every member to its end (or divergence) in lockstep; returns the pack's training wall time."""
+def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Callable[[Member], None],
+             progress: Callable[[int, int], None] | None = None) -> float:
+    """Train every member to its end (or divergence) in lockstep; returns the pack's training wall time.
+    ``progress(done, total)``: after every step, the optimizer steps taken and planned over all members
+    (a run that leaves early counts as done)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     cfg0 = members[0].cfg
@@ -184,5 +187,8 @@ def fit_pack(packed: PackedModel, members: list[Member], task, *, on_finish: Cal
         for m in due:
             if m.state.step >= m.state.total_steps:
                 finish(m)
+        if progress is not None:
+            progress(sum(m.state.step if m.active else m.state.total_steps for m in members),
+                     sum(m.state.total_steps for m in members))
     clock.stop()
     return clock.total

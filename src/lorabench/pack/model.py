@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate.utils import send_to_device
+from tqdm.auto import tqdm
 from torch import nn
 
 from .. import inject
@@ -171,11 +172,13 @@ class RunView(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dict], task, device, amp) -> list[dict]:
+def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dict], task, device, amp,
+                  progress: bool = False) -> list[dict]:
     """Dev metrics of each of ``runs`` ({split: {metric: value}}): each dev batch computed once for
     all, the base run on as many copies of it at a time as ``EVAL_TOKEN_BUDGET`` padded tokens allow.
     ``loaders``: {split: loader} for all, or one per run (``loaders[j]``: run ``runs[j]``'s, each
-    iterated as the run iterates it alone, so the random draws of a training run stay its own)."""
+    iterated as the run iterates it alone, so the random draws of a training run stay its own).
+    ``progress``: a bar over the dev batches (``lorabench eval``)."""
     loaders = [loaders] if isinstance(loaders, dict) else loaders
     training = packed.training
     packed.eval()
@@ -183,7 +186,9 @@ def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dic
     for split in loaders[0]:
         preds: list[list] = [[] for _ in runs]
         labels = []
-        for batch, *_ in zip(*(own[split] for own in loaders), strict=True):
+        batches = zip(*(own[split] for own in loaders), strict=True)
+        for batch, *_ in tqdm(batches, total=len(loaders[0][split]), disable=not progress, unit="batch",
+                              desc=f"{len(runs)} adapters on {split}", dynamic_ncols=True):
             inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
             at_once = max(1, EVAL_TOKEN_BUDGET // inputs["input_ids"].numel())
             for first in range(0, len(runs), at_once):

@@ -9,7 +9,7 @@ it leaves the pack (finished or diverged), so a crash or kill loses only the run
 which a rerun of the sweep trains again.
 
 ``main`` is the process a sweep starts for a pack:
-``python -m lorabench.pack [--parent PID] CONFIG RUN_ID [CONFIG RUN_ID ...]``.
+``python -m lorabench.pack [--parent PID] [--progress FILE] CONFIG RUN_ID [CONFIG RUN_ID ...]``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -48,8 +50,23 @@ def check_pack(cfgs: list[RunConfig]) -> None:
                               f"{', '.join(differ)}")
 
 
-def execute_pack(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
-    """Train ``cfgs`` as one pack; write and return their results (in order)."""
+def progress_writer(path: str | Path, every_s: float = 1.0) -> Callable[[int, int], None]:
+    """``progress(done, total)`` that writes ``{"done", "total"}`` (optimizer steps over the pack's runs)
+    to ``path`` atomically, at most every ``every_s`` seconds and at the end, for the sweep's bar."""
+    last = [0.0]
+
+    def write(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or done >= total:
+            last[0] = now
+            results.write_json_atomic(Path(path), {"done": done, "total": total})
+
+    return write
+
+
+def execute_pack(cfgs: list[RunConfig], progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``cfgs`` as one pack; write and return their results (in order). ``progress(done, total)``:
+    the optimizer steps taken and planned over the runs, after every step."""
     check_pack(cfgs)
     datas = [c.data_fingerprint() for c in cfgs]
     rids = [results.run_id(c.resolved(), d) for c, d in zip(cfgs, datas)]
@@ -81,7 +98,7 @@ def execute_pack(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
         written[m.index] = result
 
     try:
-        fit_pack(packed, members, task, on_finish=write)
+        fit_pack(packed, members, task, on_finish=write, progress=progress)
     except (KeyboardInterrupt, ConfigError):
         raise  # no result for the runs still training: a rerun trains them
     except Exception as e:  # the runs still training crashed: record them, keep the finished ones
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     3 when one diverged, 1 on a crash, 2 on bad input, 130 on Ctrl-C."""
     p = argparse.ArgumentParser(prog="python -m lorabench.pack")
     p.add_argument("--parent", type=int, default=None)
+    p.add_argument("--progress", default=None, metavar="FILE", help="write the steps done / planned to FILE (JSON)")
     p.add_argument("pairs", nargs="+", help="CONFIG RUN_ID, for every run of the pack")
     args = p.parse_args(argv)
     if len(args.pairs) % 2:
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"a config resolves to run id {cfg.run_id()}, the caller planned {planned}: its "
                                   "data changed since the run was planned; plan it again")
         models.quiet_transformers()
-        done = execute_pack(cfgs)
+        done = execute_pack(cfgs, progress_writer(args.progress) if args.progress else None)
         return 0 if all(r["status"] == "ok" for r in done) else 3
     except KeyboardInterrupt:
         return 130

@@ -9,11 +9,13 @@ one folder; ``sweep.json`` (atomic) lists the planned runs and their status.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -86,12 +88,18 @@ def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
                       out / "logs" / f"run-{run.run_id}.log")
 
 
-def run_logged(cmd: list[str], log: Path) -> tuple[int, Path]:
-    """``cmd`` in a child process, output into ``log``; the child never outlives this call."""
+def run_logged(cmd: list[str], log: Path, poll: Callable[[], None] | None = None) -> tuple[int, Path]:
+    """``cmd`` in a child process, output into ``log``; the child never outlives this call.
+    ``poll()``: called about every second while the child runs (the sweep's progress inside a pack)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
         try:
+            while poll is not None:
+                try:
+                    return proc.wait(timeout=1.0), log
+                except subprocess.TimeoutExpired:
+                    poll()
             return proc.wait(), log
         except BaseException:  # Ctrl-C or an error in the sweep: never leave the run behind
             proc.terminate()
@@ -128,10 +136,25 @@ def run_one(run: PlannedRun, out: Path) -> tuple[str, Path]:
     return statuses[run.run_id], log
 
 
-def run_unit(unit: list[PlannedRun], out: Path) -> tuple[dict[str, str], Path]:
+def progress_file(out: Path, unit: list[PlannedRun]) -> Path:
+    """Where a pack's process writes its steps done / planned (``lorabench.pack.run.progress_writer``)."""
+    return out / "logs" / f"pack-{unit[0].run_id}.progress.json"
+
+
+def read_progress(path: Path) -> tuple[int, int] | None:
+    """(steps done, steps planned) of a running pack, None before its first step."""
+    try:
+        data = json.loads(path.read_text())
+        return int(data["done"]), int(data["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None = None) -> tuple[dict[str, str], Path]:
     """One run in a process of its own, or a pack (``lorabench.pack``: several runs over one frozen
     base in one process); returns ({run id: status}, log path). Every run whose process died
-    without writing its result gets an ``error`` result here, by its living parent."""
+    without writing its result gets an ``error`` result here, by its living parent. ``poll()``:
+    called about every second while a pack trains (it reads ``progress_file``)."""
     started = results.now()
     paths = {r.run_id: results.result_path(out, r.run_id) for r in unit}
     before = {rid: results.file_stamp(path) for rid, path in paths.items()}
@@ -139,8 +162,11 @@ def run_unit(unit: list[PlannedRun], out: Path) -> tuple[dict[str, str], Path]:
         rc, log = execute_in_subprocess(unit[0], out)
     else:
         pairs = [str(a) for r in unit for a in (write_config(r, out), r.run_id)]
-        cmd = [sys.executable, "-m", "lorabench.pack", "--parent", str(os.getpid()), *pairs]
-        rc, log = run_logged(cmd, out / "logs" / f"pack-{unit[0].run_id}.log")
+        progress = progress_file(out, unit)
+        progress.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "lorabench.pack", "--parent", str(os.getpid()), "--progress", str(progress),
+               *pairs]
+        rc, log = run_logged(cmd, out / "logs" / f"pack-{unit[0].run_id}.log", poll)
     statuses = {}
     for run in unit:
         path = paths[run.run_id]
@@ -181,15 +207,27 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
                 c = unit[0].config
                 bar.set_description_str(f"{c.method()} {c.task} seed {c.seed}" if len(unit) == 1
                                         else f"pack of {len(unit)} ({c.task})")
+                rest = factor * sum(estimates[i + len(unit):])
                 bar.set_postfix_str(f"ETA {format_seconds(factor * sum(estimates[i:]))}")
                 t0 = time.perf_counter()
-                got, log = run_unit(unit, out)
+
+                def poll(unit=unit, t0=t0, rest=rest, start=bar.n):
+                    got = read_progress(progress_file(out, unit))
+                    if got is None or not got[1]:
+                        return
+                    done, total = got  # steps inside the pack: the bar moves by the pack's share of its runs
+                    bar.n = start + len(unit) * done / total
+                    left = (time.perf_counter() - t0) * (total - done) / max(done, 1)
+                    bar.set_postfix_str(f"step {done}/{total}, ETA {format_seconds(left + rest)}")
+
+                got, log = run_unit(unit, out, None if quiet or len(unit) == 1 else poll)
                 spent += time.perf_counter() - t0
                 statuses.update(got)
                 for run in unit:
                     if got[run.run_id] != "ok":
                         bar.write(f"{got[run.run_id]}: {run.describe()} (log: {log})")
-                bar.update(len(unit))
+                bar.n = len(sweep.runs) - len(todo) + i + len(unit)
+                bar.refresh()
                 i += len(unit)
         except KeyboardInterrupt:
             bar.close()
