@@ -20,6 +20,11 @@ any adapter on every layer must pay at least. "overhead" = step / floor - 1.
 Targets: lorabench <= 1.00x PEFT for every variant; for DoRA and VeRA, lorabench's overhead
 over the floor at most half of PEFT's.
 
+How far from the hardware: the script first measures this machine's matmul ceiling (the FLOP/s of
+a large fp32 GEMM, and of a bf16 one where the CPU has native bf16), then counts each step's
+FLOPs once (``torch.utils.flop_counter``: the matmuls of forward and backward) and prints the
+achieved FLOP/s of the floor and of lorabench's step as a fraction of the fp32 ceiling.
+
 The functions take ``device`` and ``amp`` (an autocast dtype, e.g. torch.bfloat16) so that
 ``benchmarks/gpu_check.py`` measures the same thing on a GPU: fp32 weights, the forward under
 autocast, as ``lorabench train`` runs; on CUDA each timed step ends with a synchronize.
@@ -41,6 +46,8 @@ TARGETS = ["query", "value"]
 LR, WEIGHT_DECAY = 1e-4, 0.01
 #: AdamW options for both implementations (set from --optimizer in main()).
 ADAMW: dict = {}
+#: FLOPs of one step, counted by ``measure`` for the variant it last measured.
+FLOPS: dict[str, int] = {}
 
 
 def load_base(path: str, seed: int = 0, device: str = "cpu"):
@@ -95,6 +102,37 @@ def floor_step(model, batch, amp: torch.dtype | None = None) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def gemm_ceiling(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` (n, n) x (n, n) products: what this CPU's BLAS reaches at best."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def native_bf16() -> bool:
+    """True when the CPU has bf16 arithmetic (AVX512-BF16 or AMX), where a bf16 ceiling means something."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def step_flops(step) -> int:
+    """The FLOPs of one call of ``step`` (forward and backward matmuls, counted by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
 def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str, *, device: str = "cpu",
             amp: torch.dtype | None = None) -> dict[str, list[float]]:
     """Per-round step times (ms) of the three runs, which take turns step by step.
@@ -112,6 +150,7 @@ def measure(path: str, variant: str, batch, steps: int, warmup: int, clock: str,
     }
     now = CLOCKS[clock]
     names = list(runs)
+    FLOPS.update({k: step_flops(runs[k]) for k in ("lorabench", "floor")})  # also a warm-up step
     times: dict[str, list[float]] = {k: [] for k in names}
     for i in range(warmup + steps):
         for k in names[i % 3:] + names[: i % 3]:  # rotate who goes first
@@ -164,12 +203,18 @@ def main() -> None:
     }
     import peft
 
+    ceiling = gemm_ceiling()
+    line = f"matmul ceiling on this CPU ({args.threads} threads): fp32 {ceiling / 1e9:.1f} GFLOP/s"
+    if native_bf16():
+        line += f", bf16 {gemm_ceiling(torch.bfloat16) / 1e9:.1f} GFLOP/s"
+    print(line + " (best of 5 products of 2048 x 2048 matrices)")
     print(f"all-MiniLM-L6-v2, batch {args.batch}x{args.seq}, targets {'+'.join(TARGETS)}, "
           f"torch {torch.__version__}, peft {peft.__version__}, {args.threads} threads, "
           f"AdamW {args.optimizer}, {args.clock} clock, {args.steps} steps after {args.warmup} warm-up, implementations alternating")
     names = variants.parse_variants(args.variants)
     columns = ["variant", "lorabench ms", "PEFT ms", "floor ms", "ratio lorabench/PEFT",
-               "lorabench over floor", "PEFT over floor", "overhead lorabench/PEFT"]
+               "lorabench over floor", "PEFT over floor", "overhead lorabench/PEFT",
+               "floor GFLOP/s (% ceiling)", "lorabench GFLOP/s (% ceiling)"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for variant in names:
@@ -179,11 +224,15 @@ def main() -> None:
         over_ours = paired(t["lorabench"], t["floor"]) - 1
         over_peft = paired(t["peft"], t["floor"]) - 1
         share = f"{over_ours / over_peft:.2f}" if over_peft > 0 else "n/a"
+        rate = {k: FLOPS[k] / (ms / 1e3) for k, ms in (("floor", floor), ("lorabench", ours))}
         cells = [variant, f"{ours:.1f}", f"{theirs:.1f}", f"{floor:.1f}", f"{ratio:.2f}",
-                 f"{100 * over_ours:.1f}%", f"{100 * over_peft:.1f}%", share]
+                 f"{100 * over_ours:.1f}%", f"{100 * over_peft:.1f}%", share,
+                 *(f"{rate[k] / 1e9:.1f} ({100 * rate[k] / ceiling:.0f}%)" for k in ("floor", "lorabench"))]
         print("| " + " | ".join(cells) + " |", flush=True)
     print("ms: median step time; ratio and overheads: medians over rounds of per-round ratios "
-          "(lorabench/PEFT, x/floor - 1); last column: lorabench's overhead / PEFT's (DoRA, VeRA target <= 0.5)")
+          "(lorabench/PEFT, x/floor - 1); overhead lorabench/PEFT: lorabench's overhead / PEFT's (DoRA, VeRA "
+          "target <= 0.5); GFLOP/s: the step's counted matmul FLOPs / its median time, and that as a share of the "
+          "fp32 ceiling above")
 
 if __name__ == "__main__":
     main()
