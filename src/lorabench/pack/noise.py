@@ -65,13 +65,13 @@ class PackNoise:
         """A forward over one chunk: each run's dropout calls count from 0 again."""
         self.calls.clear()
 
-    def _mask(self, k: int, full: tuple[int, ...], dtype: torch.dtype, p: float) -> torch.Tensor:
-        """Run ``k``'s mask for its next dropout call (drawn at ``full``, its own shape, on first use)."""
+    def _noise(self, k: int, full: tuple[int, ...], dtype: torch.dtype, p: float) -> torch.Tensor:
+        """Run ``k``'s noise for its next dropout call, drawn at ``full`` (its own shape) on first use."""
         n = self.calls.get(k, 0)
         self.calls[k] = n + 1
         key = (k, n)
-        if key not in self.tape:  # the draw ``at::dropout`` makes: empty_like(x).bernoulli_(1 - p)
-            self.tape[key] = torch.empty(full, dtype=dtype).bernoulli_(1 - p, generator=self.generators[k]).bool()
+        if key not in self.tape:  # what ``at::dropout`` draws: empty_like(x).bernoulli_(1 - p), / (1 - p)
+            self.tape[key] = torch.empty(full, dtype=dtype).bernoulli_(1 - p, generator=self.generators[k]).div_(1 - p)
         return self.tape[key]
 
     def noise(self, x: torch.Tensor, p: float, seg: "Segments", dims: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -88,16 +88,19 @@ class PackNoise:
             full[0] = own[0]
             for d in dims:
                 full[d] = own[1]
-            mask = self._mask(k, tuple(full), x.dtype, p)[rows]
-            for d in dims:  # cut to the chunk's width, or pad past the run's own (padding either way)
-                if own[1] >= width:
-                    mask = mask.narrow(d, 0, width)
-                else:
-                    pad = list(mask.shape)
+            noise = self._noise(k, tuple(full), x.dtype, p)
+            for d in dims:  # cut to the chunk's width (views), before copying the rows the chunk holds
+                noise = noise.narrow(d, 0, min(width, own[1]))
+            if len(rows) != own[0]:
+                noise = noise.index_select(0, rows)
+            for d in dims:  # past the run's own width: padding, reaching no real token; kept as is
+                if own[1] < width:
+                    pad = list(noise.shape)
                     pad[d] = width - own[1]
-                    mask = torch.cat([mask, mask.new_ones(pad)], dim=d)
-            parts.append(mask)
-        return torch.cat(parts).to(device=x.device, dtype=x.dtype).div_(1 - p)
+                    noise = torch.cat([noise, noise.new_full(pad, 1 / (1 - p))], dim=d)
+            parts.append(noise)
+        noise = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return noise.to(x.device)
 
     def drop(self, x: torch.Tensor, p: float, seg: "Segments", dims: tuple[int, ...] | None = None) -> torch.Tensor:
         return x * self.noise(x, p, seg, dims)
