@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", required=True, help="a git revision, or pack1 (this tree with --pack 1)")
     p.add_argument("--order", choices=["baseline-first", "new-first"], default="baseline-first")
+    p.add_argument("--keep", default=None, metavar="DIR", help="copy this tree's sweep folder to DIR (for its report)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -71,6 +73,8 @@ def main() -> None:
                 wall[name] = sweep(src, tmp / name.replace(" ", "-"), extra)
                 print(f"{name}: {wall[name]:.0f} s", flush=True)
             got = {name: accuracies(tmp / name.replace(" ", "-")) for name in ways}
+            if args.keep:
+                shutil.copytree(tmp / "this-tree", args.keep, dirs_exist_ok=True)
         finally:
             if args.baseline != "pack1":
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "old")],
