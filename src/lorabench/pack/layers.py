@@ -147,21 +147,25 @@ class PackedLinear(nn.Module):
 
     @staticmethod
     def low_rank(xs: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """(K, L, out) each run's x_k A_k^T B_k^T for ``xs`` (K, L, in): one batched product per rank
-        (a VeRA run's r = 256 never pads a LoRA run's r = 8)."""
-        by_rank: dict[int, list[int]] = {}
+        """(K, L, out) each run's x_k A_k^T B_k^T for ``xs`` (K, L, in): one batched product per
+        stretch of consecutive runs of one rank (a VeRA run's r = 256 never pads a LoRA run's r = 8;
+        ``PackedModel`` orders a chunk's runs by rank, so a stretch is a slice, not a copy)."""
+        stretches: list[list[int]] = []
         for j, (A, _) in enumerate(factors):
-            by_rank.setdefault(A.shape[0], []).append(j)
-        if len(by_rank) == 1:
-            A, B = torch.stack([f[0] for f in factors]), torch.stack([f[1] for f in factors])
-            return torch.bmm(torch.bmm(xs, A.transpose(1, 2)), B)  # (K, L, R) -> (K, L, out)
-        parts: list[torch.Tensor | None] = [None] * len(factors)
-        for group in by_rank.values():
+            if stretches and factors[stretches[-1][0]][0].shape[0] == A.shape[0]:
+                stretches[-1].append(j)
+            else:
+                stretches.append([j])
+        out = []
+        for group in stretches:
+            x = xs[group[0]:group[-1] + 1]  # (G, L, in), a view
+            if factors[group[0]][0].shape[0] == 0:  # runs that adapt no layer here (head)
+                out.append(x.new_zeros(*x.shape[:2], factors[group[0]][1].shape[1]))
+                continue
             A = torch.stack([factors[j][0] for j in group])  # (G, R, in)
             B = torch.stack([factors[j][1] for j in group])  # (G, R, out)
-            for j, d in zip(group, torch.bmm(torch.bmm(xs[group], A.transpose(1, 2)), B)):
-                parts[j] = d
-        return torch.stack(parts)
+            out.append(torch.bmm(torch.bmm(x, A.transpose(1, 2)), B))  # (G, L, R) -> (G, L, out)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def column_scales(self, runs: list[int]) -> torch.Tensor | None:
         """(K, out) each run's c (``pack_scale``), or None when every c is 1."""

@@ -107,6 +107,9 @@ class PackedModel(nn.Module):
         swap_dropout(shared, self.pack)
         use_packed_attention(shared, self.pack)
         self.shared = shared
+        first = next((m for m in shared.modules() if isinstance(m, PackedLinear)), None)
+        #: each run's rank in the adapted layers (0: none): a chunk lists its runs by rank (``low_rank``)
+        self.rank = [0 if first is None else first.factors([k])[0][0].shape[0] for k in range(len(runs))]
 
     def batch(self, batches: list[dict]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """The runs' micro-batches as one: right-padded to the longest, stacked run after run."""
@@ -144,7 +147,8 @@ class PackedModel(nn.Module):
         row_weight = torch.tensor(weights, device=device) / counts
         sums = torch.zeros(len(runs), device=device)
         self.pack.noise.new_micro_batch()
-        for chunk_runs, chunk_batches, origins in chunks(runs, batches):
+        by_rank = sorted(range(len(runs)), key=lambda j: self.rank[runs[j]])
+        for chunk_runs, chunk_batches, origins in chunks([runs[j] for j in by_rank], [batches[j] for j in by_rank]):
             with autocast(device, amp):
                 _, loss, seg = self(chunk_runs, chunk_batches, origins)
             where = torch.tensor([runs.index(k) for k in chunk_runs], device=device)[seg.owner(device)]
