@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep(src: Path, out: Path, extra: list[str]) -> float:
     """Wall seconds of ``lorabench sweep quick`` run with the package in ``src``."""
     env = dict(os.environ, PYTHONPATH=str(src))
+    glue = ROOT.parent / "shared" / "data" / "glue"  # the GLUE folder beside the repository, as CI has it
+    if "LORABENCH_GLUE_DIR" not in env and glue.is_dir():
+        env["LORABENCH_GLUE_DIR"] = str(glue)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lorabench", "sweep", "quick", "--out", str(out), "--quiet", *extra],
                    check=True, env=env, cwd=src.parent)

@@ -7,6 +7,9 @@ Per case (variant + options) and architecture:
   * merge keeps the outputs, unmerge restores the base weights
   * save / load onto a fresh identical base reproduces the outputs
   * trainable parameter count == the paper's formula summed over layers + head
+
+Conv rows run on ``cnn`` (``lorabench.contract.ConvNet``: 3x3 convs, one strided, a 1x1 conv); their
+``per_layer`` takes ``(in, out, kh, kw)`` of each nn.Conv2d.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import torch
 
 import lorabench
 from lorabench import adapters
+from lorabench.adapters.conv import AdaptedConv2d, num_trainable
+from lorabench.contract import ConvNet, conv_batch
 from lorabench.inject import adapted_layers, head_modules
 
-from conftest import ARCHS, TARGETS, make_batch, outputs, train_steps
+from conftest import ARCHS, TARGETS, build_model, make_batch, outputs, train_steps
 
 R = 4
 ALL = ARCHS
 BERT = ("bert",)
+CNN = ("cnn",)
+CONV_TARGETS = ["stem", "down", "mix", "body"]  # ConvNet: 3x3, 3x3 stride 2, 1x1, 3x3 without bias
 
 # id ("variant" or "variant:tag" for an extra combination) ->
 #   opts:      options passed to lorabench.apply
@@ -95,9 +102,40 @@ CASES: dict[str, dict] = {
     "bd_lora:row": dict(opts={"r": R, "blocks": 2, "parallel": "row"}, per_layer=lambda i, o: R * i // 2 + R * o, archs=ALL),
     "bd_lora:auto": dict(opts={"r": R, "blocks": 2}, per_layer=lambda i, o: R * i + R * o // 2 if i <= o else R * i // 2 + R * o,
                          archs=BERT),
+    # convolutions (adapters/conv.py): LoRA-C, DoRA-C, CP-LoRA; per_layer(in, out, kh, kw)
+    "lora:conv": dict(opts={"r": R, "alpha": 8}, per_layer=lambda i, o, kh, kw: R * i * kh * kw + o * R, archs=CNN),
+    "dora:conv": dict(opts={"r": R}, per_layer=lambda i, o, kh, kw: R * i * kh * kw + o * R + o, archs=CNN),
+    "cp_lora": dict(opts={"r": R}, per_layer=lambda i, o, kh, kw: R * (o + i + kh + kw), archs=CNN),
     "full": dict(opts={}, all=True, archs=BERT),
     "head": dict(opts={}, per_layer=None, archs=BERT),
 }
+
+
+@pytest.fixture
+def make_model():
+    """``conftest.build_model``, plus ``cnn``: the ConvNet (same convs for every seed, head by seed)."""
+    return lambda arch="bert", seed=0: ConvNet(seed).eval() if arch == "cnn" else build_model(arch, seed)
+
+
+def _batch(arch: str) -> dict[str, torch.Tensor]:
+    return conv_batch() if arch == "cnn" else make_batch()
+
+
+def _outputs(model, batch) -> torch.Tensor:
+    """conftest's ``outputs``; for the ConvNet its logits and last feature map."""
+    if "pixel_values" not in batch:
+        return outputs(model, batch)
+    with torch.no_grad():
+        out = model(pixel_values=batch["pixel_values"], output_hidden_states=True)
+    return torch.cat([out.logits.reshape(-1), out.hidden_states[-1].reshape(-1)])
+
+
+def _dims(layer) -> tuple[int, ...]:
+    """What ``per_layer`` takes: (in, out) of a linear layer, (in, out, kh, kw) of a conv."""
+    if isinstance(layer, AdaptedConv2d):
+        b = layer.base_layer
+        return (b.in_channels, b.out_channels, *b.kernel_size)
+    return layer.adapter.in_features, layer.adapter.out_features
 
 
 def _params():
@@ -128,9 +166,9 @@ def _setup(case_id: str, arch: str, make_model):
 
 def _apply(model, variant, row, arch):
     """apply + the variant's data-driven init (LoRA-GA; a no-op for most), as a training run does."""
-    targets = TARGETS[arch] if adapters.get(variant).wraps_layers else None
+    targets = (CONV_TARGETS if arch == "cnn" else TARGETS[arch]) if adapters.get(variant).wraps_layers else None
     lorabench.apply(model, variant, targets=targets, **row["opts"])
-    lorabench.prepare(model, [make_batch()])
+    lorabench.prepare(model, [_batch(arch)])
     return model
 
 
@@ -141,12 +179,12 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("case_id, arch", _params())
 def test_identity_at_init(case_id, arch, make_model):
     row, cls, model, variant = _setup(case_id, arch, make_model)
-    batch = make_batch()
-    before = outputs(model, batch)
+    batch = _batch(arch)
+    before = _outputs(model, batch)
     _apply(model, variant, row, arch)
     if not row.get("identity", cls.identity_at_init):
         pytest.skip(f"{case_id} is not identity at init (cls.identity_at_init = False)")
-    torch.testing.assert_close(outputs(model, batch), before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(model, batch), before, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("case_id, arch", _params())
@@ -179,7 +217,7 @@ def test_only_trainable_tensors_move(case_id, arch, make_model):
     # Buffers a variant declares as running state (FlyLoRA's routing bias) may move too.
     running = {f"{n}.adapter.{b}" for n, layer in adapted_layers(model) for b in layer.adapter.running_buffers}
     before = _snapshot(model)
-    train_steps(model, make_batch(), lr=row.get("lr", 1e-2))
+    train_steps(model, _batch(arch), lr=row.get("lr", 1e-2))
     after = model.state_dict()
     for key, old in before.items():
         new = after[key]
@@ -195,40 +233,40 @@ def test_merge_unmerge(case_id, arch, make_model):
     if not cls.wraps_layers:
         pytest.skip(f"{variant} adapts no layers: nothing to merge")
     _apply(model, variant, row, arch)
-    batch = make_batch()
+    batch = _batch(arch)
     train_steps(model, batch, lr=row.get("lr", 1e-2))
     if not cls.mergeable:  # e.g. input-dependent routing: merge must refuse, leaving nothing merged
         with pytest.raises(adapters.VariantError):
             lorabench.merge(model)
         assert not any(layer.merged for _, layer in adapted_layers(model))
         pytest.skip(f"{variant} cannot be folded into one weight (cls.mergeable = False); merge refused")
-    out = outputs(model, batch)
+    out = _outputs(model, batch)
     weights = {n: layer.weight.detach().clone() for n, layer in adapted_layers(model)}
 
     lorabench.merge(model)
     assert all(layer.merged for _, layer in adapted_layers(model))
-    torch.testing.assert_close(outputs(model, batch), out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(model, batch), out, atol=1e-5, rtol=0)
     moved = sum(not torch.equal(layer.weight, weights[n]) for n, layer in adapted_layers(model))
     assert moved > 0, "merge changed no base weight, so the adapter did nothing"
 
     lorabench.unmerge(model)
     for n, layer in adapted_layers(model):
         torch.testing.assert_close(layer.weight, weights[n], atol=1e-6, rtol=0, msg=f"unmerge did not restore {n}")
-    torch.testing.assert_close(outputs(model, batch), out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(model, batch), out, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("case_id, arch", _params())
 def test_save_load_round_trip(case_id, arch, make_model, tmp_path):
     row, cls, model, variant = _setup(case_id, arch, make_model)
     _apply(model, variant, row, arch)
-    batch = make_batch()
+    batch = _batch(arch)
     train_steps(model, batch, lr=row.get("lr", 1e-2))
-    out = outputs(model, batch)
-    assert not torch.allclose(out, outputs(make_model(arch), batch), atol=1e-4), "training did not change the model"
+    out = _outputs(model, batch)
+    assert not torch.allclose(out, _outputs(make_model(arch), batch), atol=1e-4), "training did not change the model"
 
     lorabench.save_adapter(model, tmp_path)
     loaded = lorabench.load_adapter(make_model(arch), tmp_path)
-    torch.testing.assert_close(outputs(loaded.eval(), batch), out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(_outputs(loaded.eval(), batch), out, atol=1e-6, rtol=0)
     assert lorabench.count_parameters(loaded) == lorabench.count_parameters(model)
 
 
@@ -244,15 +282,14 @@ def test_trainable_count_matches_paper(case_id, arch, make_model):
     layers = list(adapted_layers(model))
     per_layer = row["per_layer"]
     expected = head + row.get("shared", 0)
-    expected += sum(per_layer(layer.adapter.in_features, layer.adapter.out_features) for _, layer in layers)
+    expected += sum(per_layer(*_dims(layer)) for _, layer in layers)
     assert trainable == expected
     for name, layer in layers:
-        i, o = layer.adapter.in_features, layer.adapter.out_features
         try:
-            formula = cls.num_trainable_formula(i, o, layer.adapter.opts)  # per layer (Variant.layer_options)
+            formula = num_trainable(layer)  # per layer (Variant.layer_options); a conv by its kernel
         except NotImplementedError:
             continue
-        assert formula == per_layer(i, o), f"{cls.__name__}.num_trainable_formula disagrees with the paper on {name}"
+        assert formula == per_layer(*_dims(layer)), f"{cls.__name__}'s trainable formula disagrees with the paper on {name}"
     assert len({(layer.adapter.in_features, layer.adapter.out_features) for _, layer in layers}) > 1 or not layers, (
         "targets should mix layer shapes so that formulas confusing in and out fail"
     )

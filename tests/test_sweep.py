@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabench.pack import plan as packing
 from lorabench import commands as cli
 from lorabench import results, sweep
 from lorabench.sweep import SweepError
@@ -149,15 +150,21 @@ def test_presets_expand_offline(tmp_path):
         assert f.read_text() == (sweep.presets_dir() / f.name).read_text()
     from lorabench import adapters, quant
 
+    from lorabench.adapters.conv import ConvVariant
+
     zoo = sweep.load_sweep("zoo")  # every registered variant, the LoRA structure under every rule but allora's own
     optional = set() if quant.available() else {"qlora"}  # skipped with a note without bitsandbytes
-    assert {r.config.variant for r in zoo.runs} | optional == set(adapters.names())
+    conv_only = {n for n in adapters.names() if issubclass(adapters.get(n), ConvVariant)}  # the U-Net study's
+    assert conv_only == {"cp_lora"}
+    assert {r.config.variant for r in zoo.runs} | optional == set(adapters.names()) - conv_only
     assert sorted(r.config.options["optimizer"] for r in zoo.runs if r.config.variant == "lora") == sorted(
         ["adamw", "lora_pro", "altlora", "stable"])
-    quick = sweep.load_sweep("quick")  # the main job: 6 methods x 3 seeds, the LoRA family packed
+    quick = sweep.load_sweep("quick")  # the main job: 6 methods x 3 seeds, all 18 in one pack
     assert sorted(r.config.variant for r in quick.runs) == sorted(
         [v for v in ("lora", "pissa", "lora_plus", "dora", "vera", "head") for _ in range(3)])
-    assert quick.pack == 9 and {r.config.seed for r in quick.runs} == {0, 1, 2}
+    assert quick.pack == 18 and {r.config.seed for r in quick.runs} == {0, 1, 2}
+    units, notes = packing.group(quick.runs, quick.pack)
+    assert [len(u) for u in units] == [18] and not notes  # every method of the main job packs
     glue = sweep.load_sweep("lora-roberta-glue")
     sst2 = [r.config for r in glue.runs if r.config.task == "sst2" and r.config.variant == "lora"]
     assert {(c.lr, c.epochs, c.batch_size, c.max_length) for c in sst2} == {(5e-4, 60.0, 16, 512)}

@@ -12,7 +12,8 @@ what ``lorabench check-variant NAME`` prints, one line per property with its mea
     packs                  whether runs of it train packed over one base (``lorabench.pack``), and why not
 
 The same properties as ``tests/test_contract.py`` checks on every built-in (on tiny random models
-there); tolerances are fp32 rounding on MiniLM's logits.
+there); tolerances are fp32 rounding on MiniLM's logits. A variant that adapts only convolutions
+(``adapters.conv.ConvVariant``: CP-LoRA) runs on ``ConvNet``, a tiny seeded CNN, instead.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import inject
 from .adapters import registry
+from .adapters.conv import ConvVariant, num_trainable
 from .checkpoint import load_adapter, save_adapter
 
 TOL = {"identity": 1e-5, "merge": 1e-4, "unmerge": 1e-5, "save_load": 1e-5}
@@ -52,6 +56,48 @@ def _model(seed: int = 0):
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     batch["labels"] = torch.tensor([1, 0, 0, 1])
     return model.eval(), dict(batch)
+
+
+@dataclass
+class ConvNetOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class ConvNet(nn.Module):
+    """A tiny CNN classifier for the conv adapters' contract (no download): 3x3 convs with padding 1
+    (``stem``, ``down`` with stride 2, ``body`` without bias), a 1x1 conv (``mix``), mean-pooled into
+    the head ``classifier``. The convs are the same for every ``seed`` (the frozen base); the head is
+    seeded by ``seed``, as a task head is. ``forward(pixel_values, labels)`` gives ``loss`` and ``logits``."""
+
+    def __init__(self, seed: int = 0, num_labels: int = 2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(16, 16, 1)
+        self.body = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+        torch.manual_seed(seed)
+        self.classifier = nn.Linear(8, num_labels)
+
+    def forward(self, pixel_values, labels=None, output_hidden_states: bool = False) -> ConvNetOutput:
+        h = F.relu(self.stem(pixel_values))  # (N, 8, H, W)
+        h = F.relu(self.mix(F.relu(self.down(h))))  # (N, 16, H/2, W/2)
+        h = self.body(h)  # (N, 8, H/2, W/2)
+        logits = self.classifier(h.mean(dim=(2, 3)))  # (N, labels)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return ConvNetOutput(loss, logits, (h,) if output_hidden_states else None)
+
+
+def conv_batch(seed: int = 1) -> dict[str, torch.Tensor]:
+    """Four 3x8x8 images and their labels for ``ConvNet``."""
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(4, 3, 8, 8, generator=g), "labels": torch.tensor([1, 0, 0, 1])}
+
+
+def _conv_model(seed: int = 0):
+    return ConvNet(seed).eval(), conv_batch()
 
 
 @torch.no_grad()
@@ -86,7 +132,8 @@ def run_contract(name: str, options: dict[str, Any] | None = None, targets: Any 
     cls = registry.get(name)
     options = dict(options or {})
     checks: list[Check] = []
-    model, batch = _model()
+    make = _conv_model if issubclass(cls, ConvVariant) else _model  # conv-only variants: on ConvNet
+    model, batch = make()
     base = _logits(model, batch)
     base_bf16 = _bf16_error(model, batch, base)  # the yardstick: the base model's own bf16 rounding
     inject.apply(model, name, targets, **options)
@@ -99,7 +146,7 @@ def run_contract(name: str, options: dict[str, Any] | None = None, targets: Any 
         checks.append(Check("identity at init", "skip", "-", "identity_at_init = False"))
     checks += _trainable_checks(model, batch, cls, options)
     checks += _merge_checks(model, batch, cls)
-    checks.append(_save_load(model, batch, name))
+    checks.append(_save_load(model, batch, name, make))
     checks.append(_bf16(model, batch, base_bf16))
     why = cls.unpackable()
     checks.append(Check("packs", "pass", "packs" if why is None else "trains alone", why or "lorabench.pack"))
@@ -132,8 +179,7 @@ def _trainable_checks(model, batch, cls, options) -> list[Check]:
     layers = list(inject.adapted_layers(model))
     counted = sum(p.numel() for _, layer in layers for p in layer.adapter.parameters() if p.requires_grad)
     try:
-        formula = sum(cls.num_trainable_formula(layer.adapter.in_features, layer.adapter.out_features,
-                                                layer.adapter.opts) for _, layer in layers)
+        formula = sum(num_trainable(layer) for _, layer in layers)  # per layer; conv layers by their kernel
     except NotImplementedError:
         return out + [Check("trainable count", "skip", f"{counted:,} counted", "no num_trainable_formula")]
     ok = formula == counted
@@ -158,11 +204,11 @@ def _merge_checks(model, batch, cls) -> list[Check]:
                   "" if back <= TOL["unmerge"] else "unmerged_weight is not the inverse of merged_weight")]
 
 
-def _save_load(model, batch, name: str) -> Check:
+def _save_load(model, batch, name: str, make=_model) -> Check:
     want = _logits(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
         save_adapter(model, f"{tmp}/adapter")
-        fresh, _ = _model(seed=1)  # another seed: the head and adapter must come from the file
+        fresh, _ = make(seed=1)  # another seed: the head and adapter must come from the file
         load_adapter(fresh, f"{tmp}/adapter")
         err = _err(_logits(fresh, batch), want)
     ok = err <= TOL["save_load"]

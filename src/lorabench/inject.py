@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .adapters import registry
-from .adapters.base import AdaptedLinear, Variant, adapted_layers
+from .adapters.base import AdaptedLinear, Variant, adapted_layers  # noqa: F401  (AdaptedLinear: part of inject's face)
+from .adapters.conv import check_targets, conv_support, layer_shape, wrap_layer
 from .errors import VariantError
 from .targets import (  # noqa: F401  (part of inject's public face)
     DEFAULT_TARGETS,
@@ -103,9 +104,10 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
     cls = registry.get(variant)
     opts = cls.make_options(**options)
     heads = head_modules(model)
-    names = find_targets(model, targets) if cls.wraps_layers else []
+    names = _find_targets(model, targets, cls) if cls.wraps_layers else []
     modules = dict(model.named_modules())
-    shapes = [AdaptedLinear.shape_of(modules[n]) for n in names]
+    check_targets(cls, modules, names)  # conv layers: a variant that adapts them, groups=1 ...
+    shapes = [layer_shape(modules[n]) for n in names]  # (in*kh*kw, out) for a conv
     for n, (fan_in, fan_out) in zip(names, shapes):
         cls.check_layer(fan_in, fan_out, opts, n)  # every layer checked before any is changed
     fp = fingerprint(model, names or [n for n, m in model.named_modules() if is_linear(m)][:8])
@@ -123,9 +125,8 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
         model.lorabench_shared = shared
     for name, shape in zip(names, shapes):
         base = cls.wrap_base(modules[name], opts)  # the layer itself; a 4-bit copy for QLoRA
-        adapter = cls(*shape, cls.layer_options(opts, name), shared)
-        adapter.to(device=base.weight.device)
-        layer = AdaptedLinear(base, adapter)
+        layer = wrap_layer(cls, base, shape, cls.layer_options(opts, name), shared)  # AdaptedLinear / AdaptedConv2d
+        adapter = layer.adapter
         layer.train(base.training)  # a new adapter follows the model's train/eval mode
         if initialize:
             adapter.init_from_base(layer.weight.detach().float())
@@ -139,6 +140,22 @@ def apply(model: nn.Module, variant: str, targets: Any = None, *, initialize: bo
         head=heads,
     )
     return model
+
+
+def _find_targets(model: nn.Module, targets: Any, cls: type[Variant]) -> list[str]:
+    """``find_targets``, with the nn.Conv2d layers for a variant that adapts them. For one that does not,
+    targets that match only conv layers get the VariantError naming the variants that do."""
+    if conv_support(cls) is None:
+        return find_targets(model, targets, conv=True)
+    try:
+        return find_targets(model, targets)
+    except VariantError as no_linear:
+        try:
+            names = find_targets(model, targets, conv=True)
+        except VariantError:
+            raise no_linear from None
+        check_targets(cls, dict(model.named_modules()), names)  # raises: conv layers, which cls cannot adapt
+        raise
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-KINDS = ("run", "federated", "prune")
+KINDS = ("run", "federated", "prune", "recycle", "segment")
 
 _ONE_PROCESS = "the scenario runs in one process; drop it"
 #: kind -> {RunConfig field: why the kind cannot honour a value other than the default}
@@ -47,6 +47,40 @@ REFUSES: dict[str, dict[str, str]] = {
         "save_adapter": "a pruned model's adapter is not saved yet; drop it",
         "log_with": "a pruning run writes no tracker files yet; drop it",
     },
+    "recycle": {
+        "head": "the arms train a classification head; use --head cls", "regularizer": "not a recycling setting",
+        "data": "the target is a GLUE task or a task file given as --task", "text_column": "give the task as --task",
+        "label_column": "give the task as --task", "num_processes": _ONE_PROCESS,
+        "quantize": "the pool merges into full-precision weights; drop it",
+        "memory_budget": "the recycling job has no memory planner; drop it",
+        "grad_checkpointing": "not wired into the recycling loop; drop it",
+        "train_limit": "the N target examples are scenario n_examples", "epochs": "every arm runs scenario steps",
+        "grad_accum": "one batch per step; set --batch-size", "group_by_length": "batches keep the seeded order",
+        "eval_every": "the dev split is evaluated once, after the last step; drop it",
+        "log_every": "the loss is recorded at the first and last step; drop it",
+        "val_size": "no split is held out (the N examples train, dev reports); drop it",
+        "targets": "the pool's adapters decide the layers", "r": "the pool decides the rank (fresh: the pool's)",
+        "alpha": "the pool decides alpha (fresh: the pool's)", "options": "the recycled adapters' options are theirs",
+        "save_adapter": "a recycled merge is not saved yet; drop it",
+        "log_with": "a recycling run writes no tracker files yet; drop it",
+    },
+    "segment": {
+        "layers": "the U-Net is sized by scenario base and depth", "targets": "set scenario targets (all, encoder, "
+        "decoder)", "head": "the U-Net has its own 1x1 conv head", "pooling": "not a U-Net setting",
+        "model_dropout": "the U-Net has no dropout", "regularizer": "not a segmentation setting",
+        "data": "give the image/mask folder as --data-dir", "text_column": "images have no text columns",
+        "label_column": "masks are label/<name>.png", "max_length": "images have no tokens; set scenario patch",
+        "train_limit": "set scenario train_images", "eval_limit": "set scenario test_images",
+        "val_size": "no split is held out (the last epoch is reported on the test block); drop it",
+        "eval_every": "the test block is evaluated once, after the last epoch; drop it",
+        "eval_batch_size": "each test image is evaluated whole, one at a time; drop it",
+        "grad_accum": "one batch per step; set --batch-size", "group_by_length": "patches all have one size",
+        "quantize": "the U-Net keeps full-precision weights; drop it", "num_processes": _ONE_PROCESS,
+        "memory_budget": "the segmentation loop has no memory planner; drop it",
+        "grad_checkpointing": "not wired into the U-Net; drop it", "data_revision": "images are read from --data-dir",
+        "trust_remote_code": "the U-Net is lorabench's own code", "save_adapter": "a U-Net arm is not saved yet; drop it",
+        "log_with": "a segmentation run writes no tracker files yet; drop it",
+    },
 }
 
 
@@ -69,6 +103,15 @@ def settings(cfg: Any) -> Any:
         if "method" in given and "sparsity" not in given:
             given |= PruneSettings.defaults_for(str(given["method"]))
         return _make(PruneSettings, given, "prune")
+    if cfg.kind == "recycle":
+        from .merging.recycle_settings import RecycleSettings
+
+        return _make(RecycleSettings, cfg.scenario, "recycle")
+    if cfg.kind == "segment":
+        from .segmentation.settings import SegmentSettings
+
+        given = {k: getattr(cfg, k) for k in ("r", "alpha") if getattr(cfg, k) is not None}  # --r 4: scenario r
+        return _make(SegmentSettings, given | dict(cfg.scenario), "segment")
     return None
 
 
@@ -92,6 +135,7 @@ def resolve(cfg: Any, defaults: dict[str, Any]) -> None:
     kind cannot honour; set the fields the kind decides (federated: the variant is the method's and
     epochs are the local epochs). ``defaults``: RunConfig's field defaults."""
     check_kind(cfg.kind)
+    _check_modality(cfg)
     if cfg.kind == "run":
         if cfg.scenario:
             raise ConfigError(f"scenario settings ({', '.join(cfg.scenario)}) need a scenario kind; set kind to "
@@ -112,6 +156,40 @@ def resolve(cfg: Any, defaults: dict[str, Any]) -> None:
     elif cfg.kind == "prune":
         _decided(cfg, "variant", "lora", defaults, "pruning trains plain LoRA factors")
         cfg.scenario = made.record()
+    elif cfg.kind == "recycle":
+        _decided(cfg, "variant", "lora", defaults, "the pool and a fresh LoRA are plain LoRA")
+        cfg.scenario = made.record()
+    elif cfg.kind == "segment":
+        _resolve_segment(cfg, made, defaults)
+
+
+def _check_modality(cfg: Any) -> None:
+    """An image task (``TaskSpec.modality`` "image") is the segment kind's, and only its."""
+    from .data.glue import get_task
+
+    image = get_task(cfg.task).modality == "image"
+    if image and cfg.kind != "segment":
+        raise ConfigError(f"task {cfg.task} is image segmentation: use kind segment (lorabench segment ...)")
+    if cfg.kind == "segment" and not image:
+        raise ConfigError(f"kind segment segments images, task {cfg.task} is text; use --task membrane with "
+                          "--data-dir FOLDER (image/ and label/ inside)")
+
+
+def _resolve_segment(cfg: Any, made: Any, defaults: dict[str, Any]) -> None:
+    """The U-Net is lorabench's own; the variant, rank and alpha are the arm's; whole epochs; the
+    image/mask folder found when --data-dir is not given."""
+    from .segmentation.data import default_folder
+
+    _decided(cfg, "model", "unet", defaults, "the segment kind trains lorabench's own U-Net, sized by scenario "
+             "base and depth")
+    _decided(cfg, "variant", made.arm if made.is_adapter else "full", defaults, f"arm {made.arm} decides it")
+    _decided(cfg, "r", made.r, defaults, "set scenario r")
+    _decided(cfg, "alpha", made.alpha, defaults, "set scenario alpha")
+    if cfg.epochs != int(cfg.epochs):
+        raise ConfigError(f"kind segment trains whole epochs, got epochs {cfg.epochs}; e.g. --epochs 10")
+    if cfg.data_dir is None:
+        cfg.data_dir = str(default_folder(cfg.task))
+    cfg.scenario = made.record()
 
 
 def _decided(cfg: Any, name: str, value: Any, defaults: dict[str, Any], why: str) -> None:
@@ -130,4 +208,10 @@ def label(config: dict) -> str:
         return f"federated:{s.get('method')} (beta {beta})"
     if kind == "prune":
         return f"prune:{s.get('method')}" + (f"@{s.get('sparsity'):g}" if s.get("sparsity") else "")
+    if kind == "recycle":
+        return f"recycle:{s.get('arm')} n{s.get('n_examples')}"
+    if kind == "segment":
+        from .segmentation.settings import label as segment_label
+
+        return segment_label(s)
     return str(config.get("variant"))

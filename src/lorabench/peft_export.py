@@ -18,7 +18,9 @@ trainable tensors live outside the adapters and the task head (``full``).
 
 Orientation: every tensor is in ``nn.Linear`` orientation, ``lora_A (r, in)``,
 ``lora_B (out, r)``. PEFT keeps that orientation on GPT-2's ``Conv1D`` too and only
-transposes the merged product, which it signals with ``fan_in_fan_out=True``.
+transposes the merged product, which it signals with ``fan_in_fan_out=True``. On an ``nn.Conv2d``
+(LoRA-C, DoRA-C) the tensors take PEFT's conv shapes, ``lora_A (r, in, kh, kw)``, ``lora_B (out, r, 1, 1)``,
+magnitude ``(1, out, 1, 1)``; a dilated conv is refused (PEFT's lora_A conv ignores dilation).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import nn
 
 from . import adapters
 from .adapters.base import AdaptedLinear, VariantError
+from .adapters.conv import AdaptedConv2d, peft_conv_tensors
 from .checkpoint import atomic_write_bytes
 from .inject import adapted_layers, state_of
 from .peft_format import CONFIG_NAME, PREFIX, WEIGHTS_NAME
@@ -67,7 +70,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     config = _layer_config(layers)
     for name, layer in layers:
-        for suffix, t in layer.adapter.peft_tensors().items():
+        own = layer.adapter.peft_tensors()
+        if isinstance(layer, AdaptedConv2d):  # LoRA-C / DoRA-C: PEFT's Conv2d shapes (r, in, kh, kw) ...
+            own = peft_conv_tensors(layer, own)
+        for suffix, t in own.items():
             tensors[f"{PREFIX}{name}.{suffix}"] = t
     tensors.update(_shared_tensors(model, state.variant))
     heads = list(state.head)

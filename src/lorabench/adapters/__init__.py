@@ -16,10 +16,11 @@ import pkgutil
 from ..errors import VariantError
 from . import rules  # noqa: F401  (the rules register themselves: adamw, lora_plus, ...)
 from .base import AdaptedLinear, Variant
+from .conv import AdaptedConv2d, conv_variants
 from .registry import get, names, register
 
 #: Modules of this package that hold no variant.
-NOT_VARIANTS = ("base", "registry", "rules")
+NOT_VARIANTS = ("base", "registry", "rules", "conv", "dora_conv")
 
 
 def _import_all() -> None:
@@ -30,4 +31,4 @@ def _import_all() -> None:
 
 _import_all()
 
-__all__ = ["AdaptedLinear", "Variant", "VariantError", "get", "names", "register"]
+__all__ = ["AdaptedConv2d", "AdaptedLinear", "Variant", "VariantError", "conv_variants", "get", "names", "register"]

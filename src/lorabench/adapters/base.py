@@ -73,6 +73,8 @@ class Variant(nn.Module):
     #: Buffers that training changes outside the optimizer (FlyLoRA's load-balancing bias, in
     #: ``on_step``). Saved and loaded like any buffer; the contract test lets them move.
     running_buffers: ClassVar[tuple[str, ...]] = ()
+    #: True when a ``conv_forward(x, layer)`` hook adapts nn.Conv2d too (``adapters.conv``; a subclass that changes the layer math loses it).
+    supports_conv: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, opts: Any, shared: dict | None = None):
         super().__init__()

@@ -22,6 +22,7 @@ from torch import nn
 from ..precision import autocast_state, same_autocast
 from .registry import register
 from .base import VariantError
+from .dora_conv import dora_conv_forward
 from .lora import LoRA, LoRAOptions
 
 
@@ -164,6 +165,20 @@ class DoRA(LoRA):
             u = torch.addmm(wx_d, F.linear(x_d, A), B.t(), alpha=s)  # (T, out)
             y = F.linear(x, W, layer.bias) + u * scale - wx_d
         return y.reshape(*lead, self.out_features)
+
+    def pack_scale(self, weight):
+        """c = m / ||W + s B A||_row (n detached, Sec. 4.3), computed as ``forward`` computes it: in a
+        pack the run's output is c * (W x_d + s B A x_d) + W (x - x_d) + b, its ``forward`` above."""
+        fp32 = weight.dtype == self.lora_A.dtype == torch.float32 and not (self.training and self.opts.dropout > 0)
+        if fp32:
+            with torch.no_grad():
+                n = torch.linalg.vector_norm(torch.addmm(weight, self.lora_B, self.lora_A, alpha=self.scale), dim=1)
+            return self.magnitude / n  # (out,)
+        return self.magnitude / self.weight_norm(weight)
+
+    def conv_forward(self, x, layer):
+        """DoRA-C: (m / ||W0 + s dW||) * (conv(x; W0) + s B(A(x))) + b (adapters/dora_conv.py)."""
+        return dora_conv_forward(self, x, layer)
 
     def merged_weight(self, weight):
         V = weight + self.delta_weight().to(weight.dtype)  # (out, in)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import registry
+from .conv import lora_conv_forward
 from .registry import register
 from .base import Variant, VariantError, check
 from .rules.rule import RuleOptions, get_rule
@@ -120,6 +121,7 @@ class LoRA(Variant):
     description = "LoRA: low-rank update s*BA (Hu et al. 2021, arXiv 2106.09685); init kaiming|gaussian|swapped"
     Options = LoRAOptions
     has_lora_factors = True
+    supports_conv = True  # LoRA-C on nn.Conv2d (PEFT's Conv2d LoRA): adapters/conv.py
 
     def __init__(self, in_features, out_features, opts, shared=None):
         super().__init__(in_features, out_features, opts, shared)
@@ -145,10 +147,13 @@ class LoRA(Variant):
     @classmethod
     def unpackable(cls):
         """LoRA packs with any init, rsLoRA and any optimisation rule; a subclass packs while its layer
-        output stays W0 x + s B A x and nothing else changes the layer (``lorabench.pack``)."""
-        if cls.forward is not Variant.forward or (cls.delta is not LoRA.delta
-                                                  and cls.pack_factors is LoRA.pack_factors):
-            return "its layer output is not W0 x + s B A x"
+        output stays W0 x + s B A x, or the column scaling of it that ``pack_scale`` gives (DoRA),
+        and nothing else changes the layer (``lorabench.pack``)."""
+        forward_owner = next(c for c in cls.__mro__ if "forward" in vars(c))
+        scale_owner = next(c for c in cls.__mro__ if "pack_scale" in vars(c))
+        if forward_owner not in (Variant, scale_owner) or (cls.delta is not LoRA.delta
+                                                           and cls.pack_factors is LoRA.pack_factors):
+            return "its layer output is not W0 x + s B A x (nor a column scaling of it)"
         if cls.wrap_base.__func__ is not Variant.wrap_base.__func__:
             return "it stores its own copy of the base layer (4-bit)"
         if cls.needs_data():
@@ -185,12 +190,21 @@ class LoRA(Variant):
         """(A, B, s) as ``delta`` uses them, for a pack's batched product (``lorabench.pack``)."""
         return self.lora_A, self.lora_B, self.scale
 
+    def pack_scale(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """In a pack, the layer output of this run is ``c * (W0 x_d + s B A x_d) + W0 (x - x_d) + b``
+        with ``c`` (out,) this column scaling (x_d: x after the adapter's dropout); None: c = 1."""
+        return None
+
     def delta(self, x):
         z = F.linear(self.dropout(x), self.lora_A)  # (..., r)
         return F.linear(z * self.scale, self.lora_B)  # (..., out)
 
     def delta_weight(self):
         return self.scale * (self.lora_B @ self.lora_A)  # (out, in)
+
+    def conv_forward(self, x, layer):
+        """LoRA-C: conv(x; W0) + b + s B(A(x)), A a conv like the base kernel, B a 1x1 conv (adapters.conv)."""
+        return lora_conv_forward(self, x, layer)
 
     @classmethod
     def num_trainable_formula(cls, in_features, out_features, opts):

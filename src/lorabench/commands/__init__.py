@@ -15,6 +15,7 @@ from .._version import __version__
 from ..errors import INPUT_ERRORS
 from . import (adapter, check_variant, eval, federate, merge, mixture, new_variant, prune, report, squeeze, sweep,
                train, transfer, variants)
+from . import segment
 from .args import Parser
 
 #: One builder per subcommand, in the order ``lorabench --help`` lists them.
@@ -22,6 +23,7 @@ SUBCOMMANDS = [train.add_parser, variants.add_parser, sweep.add_sweep_parser, sw
                report.add_parser, adapter.add_parser, eval.add_parser, merge.add_parser, mixture.add_parser,
                federate.add_parser, prune.add_parser, transfer.add_parser, squeeze.add_parser,
                check_variant.add_parser, new_variant.add_parser]
+SUBCOMMANDS.insert(SUBCOMMANDS.index(prune.add_parser) + 1, segment.add_parser)
 
 
 def build_parser() -> Parser:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import plugins
 from ..adapters import registry
+from ..adapters.conv import ConvVariant
 from ..contract import run_contract
 from .args import parse_opts
 
@@ -35,7 +36,7 @@ def cmd_check_variant(args: argparse.Namespace) -> int:
     opts = parse_opts(args.opt)
     cls.make_options(**opts)  # bad options are a bad input, before the model loads
     checks = run_contract(args.name, opts, args.targets)
-    print(f"contract of {args.name} ({cls.__module__}) on a 2-layer MiniLM:")
+    print(f"contract of {args.name} ({cls.__module__}) on {'a tiny CNN' if issubclass(cls, ConvVariant) else 'a 2-layer MiniLM'}:")
     for c in checks:
         print("  " + c.line())
     failed = [c.name for c in checks if c.status == "fail"]

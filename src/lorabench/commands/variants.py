@@ -30,8 +30,9 @@ def describe_variants() -> str:
         opts = ", ".join(f"{f.name}={_default(f)!r}" for f in fields)
         why = cls.unpackable()
         packs = "yes (sweep --pack K trains such runs over one shared base)" if why is None else f"no: {why}"
+        conv = "yes" if (no_conv := adapters.conv.conv_support(cls)) is None else f"no: {no_conv}"
         blocks.append(f"{name}\n    {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}\n"
-                      f"    options: {opts or '(none)'}\n    packs: {packs}")
+                      f"    options: {opts or '(none)'}\n    packs: {packs}\n    nn.Conv2d: {conv}")
     width = max(map(len, [*INITS, *RULES]))
     blocks.append("\ninitialisations (--opt init=NAME, with any variant that has an init option)")
     blocks += [f"    {name:<{width}}  {describe_init(name)}" for name in sorted(INITS)]

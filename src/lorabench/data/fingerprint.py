@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import DataError
+
 if TYPE_CHECKING:  # this module stays a floor below config: it takes a Source and a TaskSpec
     from .glue import Example, Source, TaskSpec
 
@@ -59,6 +61,13 @@ def read_splits(spec: TaskSpec) -> tuple[str, ...]:
 def fingerprint_of(source: Source, spec: TaskSpec) -> dict[str, Any]:
     """The fingerprint of the data a run of ``spec`` reads from ``source`` (``glue.locate``); raises
     DataError when a split file is missing."""
+    if spec.modality == "image":  # an image/mask folder (kind segment): every image and mask file
+        from ..segmentation.data import folder_fingerprint
+
+        if source.kind != "folder":
+            raise DataError(f"task {spec.name} reads an image/mask folder; pass --data-dir FOLDER (with image/ "
+                            "and label/)")
+        return folder_fingerprint(source.path)
     if spec.data is not None:  # a task file: its files (or hub dataset) and its mapping, each split checked now
         for split in read_splits(spec):  # bad data is an input error, found before any model loads
             source.load(spec, split)

@@ -3,12 +3,10 @@
 Wang et al. 2018, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural
 Language Understanding", arXiv 1804.07461.
 
-A GLUE folder is the canonical ``glue_data/`` download: one folder per task
-(``SST-2/``, ``CoLA/``, ...), tab-separated files. The files differ per task (header or
-not, a UTF-8 BOM in MRPC, string labels in RTE/MNLI/QNLI, CoLA's headerless sentence in
-column 4), and they contain stray double quotes, so they are read with ``QUOTE_NONE``.
-Label indices follow the Hugging Face ``nyu-mll/glue`` dataset, so both sources agree.
-"""
+A GLUE folder is the canonical ``glue_data/`` download: one folder per task (``SST-2/``, ``CoLA/``, ...),
+tab-separated files. The files differ per task (header or not, a UTF-8 BOM in MRPC, string labels in RTE/MNLI/QNLI,
+CoLA's headerless sentence in column 4), and they contain stray double quotes, so they are read with ``QUOTE_NONE``.
+Label indices follow the Hugging Face ``nyu-mll/glue`` dataset, so both sources agree. Image tasks: ``image_tasks``."""
 
 from __future__ import annotations
 
@@ -20,6 +18,7 @@ from typing import Any
 
 from ..errors import DataError
 from .example import Example
+from .image_tasks import image_task
 
 HUB_DATASET = "nyu-mll/glue"
 ENV_DIR = "LORABENCH_GLUE_DIR"
@@ -61,6 +60,7 @@ class TaskSpec:
     mean_tokens: float = 40.0
     #: a task defined by a task file or ``--data`` (``data.taskfile.TaskData``); None for GLUE
     data: Any = field(default=None, hash=False, compare=False)
+    modality: str = "text"  # "image": a segmentation task (``data.image_tasks``)
 
     splits = property(lambda self: tuple(self.files))
 
@@ -128,7 +128,7 @@ def task_key(name: object) -> str:
     normalised the same way (``RunConfig`` reports it, with the task list)."""
     if str(name).lower().endswith(TASK_FILE_SUFFIXES) and Path(str(name)).expanduser().is_file():
         return get_task(str(name)).name  # a task file: the name it gives its task
-    spec = TASKS.get(_norm(str(name)))
+    spec = TASKS.get(_norm(str(name))) or image_task(_norm(str(name)), TaskSpec)
     return spec.name if spec is not None else _norm(str(name))
 
 
@@ -156,7 +156,7 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
         from .taskfile import task_from_file
 
         return task_from_file(str(task), TaskSpec)
-    spec = TASKS.get(_norm(task))
+    spec = TASKS.get(_norm(task)) or image_task(_norm(task), TaskSpec)
     if spec is None:
         known = ", ".join(t.display for t in TASKS.values())
         raise DataError(f"unknown GLUE task {task!r}; choose one of: {known}, or pass a task file (my_task.yaml)")

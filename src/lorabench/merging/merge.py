@@ -1,8 +1,9 @@
 """Read the adapters to merge, check them before any compute, and merge them: ``merge_adapters``.
 
-An adapter merges when its variant is LoRA-form: its layer output is W0 x + s B A x and nothing
-else changes the layer, the test ``lorabench.pack`` applies (``Variant.unpackable() is None``:
-lora, swapped, lora_plus, lora_fa, ffa_lora, allora, pissa, olora). Each layer's update is read
+An adapter merges when its variant is LoRA-form: it keeps dense factors A, B, its layer output is
+W0 x + s B A x, and nothing else changes the layer (``why_not_mergeable``: the test ``lorabench.pack``
+applies, without the column scaling a pack also takes: lora, swapped, lora_plus, lora_fa, ffa_lora,
+allora, pissa, olora). Each layer's update is read
 as ``lowrank_factors()``: ``(B, A)`` with ``B @ A`` the change relative to the ORIGINAL base
 weights. For PiSSA / OLoRA (residual inits: the frozen base is W - s B0 A0) that is the rank-2r
 pair ``[s B | -s B0]``, ``[A; A0]`` (as ``export_peft`` writes them), so they merge correctly with
@@ -32,6 +33,7 @@ import torch
 
 from ..adapter_files import read_json, repeated_folder, tensors_digest
 from ..adapters import registry
+from ..adapters.base import Variant
 from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError, VariantError
 from ..outputs import safe_name
@@ -64,6 +66,8 @@ def why_not_mergeable(variant: str) -> str | None:
     cls = registry.get(variant)
     if not cls.has_lora_factors:
         return "it keeps no plain dense low-rank factors A, B"
+    if cls.forward is not Variant.forward:  # DoRA packs (a column scaling of W x + s B A x), but B A alone
+        return "its layer output is not W0 x + s B A x"  # is not its update: merging B A would drop the rest
     return cls.unpackable()
 
 
