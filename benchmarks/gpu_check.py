@@ -28,7 +28,8 @@ Checks (each guarded: a failure is recorded with its message and the next check 
 5. ``oom_retry``: a micro-batch far too large under a CUDA memory cap (no budget): the step runs
    out of memory, the micro-batch is halved until it fits, and the run finishes with the same
    effective batch. On CPU a forward hook raises the CUDA out-of-memory error instead.
-6. ``packing``: not implemented in lorabench yet; reported as skipped.
+6. ``packing``: not measured on a GPU yet (on a CPU: benchmarks/pack_speed.py, bench_speed.py);
+   reported as skipped.
 
 The JSON (``gpu_check.json``) and the table (``gpu_check.txt``) are rewritten after every
 check, so a run cut short still leaves what it measured; each lorabench run's own result JSON
@@ -131,7 +132,9 @@ class Check:
     def variants(self) -> dict:
         import lorabench
 
-        names = lorabench.variants()
+        from lorabench.adapters.conv import linear_variants
+
+        names = linear_variants()  # on a transformer: the conv-only ones (CP-LoRA) run in the U-Net study
         if self.args.variants:
             wanted = self.args.variants.split(",")
             names = [n for n in names if n in wanted]
@@ -297,7 +300,8 @@ class Check:
         return info
 
     def packing(self) -> dict:
-        return {"status": "skipped", "reason": "packing: not implemented in lorabench"}
+        return {"status": "skipped", "reason": "packing: not measured on a GPU yet (CPU figures: "
+                "benchmarks/pack_speed.py, benchmarks/bench_speed.py)"}
 
 
 def main(argv=None) -> int:

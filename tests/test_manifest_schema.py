@@ -26,7 +26,7 @@ def test_sweep_json_says_interrupted_when_ctrl_c_stops_the_sweep(tmp_path, monke
     sweep = _sweep(tmp_path / "out")
     seen = []
 
-    def fake_run_unit(unit, out):
+    def fake_run_unit(unit, out, poll=None):
         (run,) = unit
         seen.append(json.loads((out / "sweep.json").read_text())["state"])
         if len(seen) == 2:
@@ -45,7 +45,7 @@ def test_sweep_json_says_interrupted_when_ctrl_c_stops_the_sweep(tmp_path, monke
 
 def test_sweep_json_says_finished_when_nothing_is_left(tmp_path, monkeypatch):
     sweep = _sweep(tmp_path / "out")
-    monkeypatch.setattr(local, "run_unit", lambda unit, out: ({r.run_id: "ok" for r in unit}, out / "log"))
+    monkeypatch.setattr(local, "run_unit", lambda unit, out, poll=None: ({r.run_id: "ok" for r in unit}, out / "log"))
     local.run_sweep(sweep, quiet=True)
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["state"] == "finished"
 

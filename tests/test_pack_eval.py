@@ -34,7 +34,8 @@ TINY = {"model": "minilm", "layers": 2, "task": "sst2", "train_limit": 32, "eval
 def adapters(tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("adapters")
     dirs = []
-    for kw in ({"variant": "lora", "seed": 0}, {"variant": "pissa", "seed": 1, "r": 4}, {"variant": "dora", "seed": 2}):
+    for kw in ({"variant": "lora", "seed": 0}, {"variant": "pissa", "seed": 1, "r": 4}, {"variant": "dora", "seed": 2},
+               {"variant": "dylora", "seed": 3}):
         r = execute(RunConfig.from_dict(TINY | kw | {"out": str(out)}), progress=False)
         dirs.append(out / f"run-{r['run_id']}-adapter")
     return dirs
@@ -42,7 +43,8 @@ def adapters(tmp_path_factory) -> list[Path]:
 
 def test_one_pass_equals_one_evaluation_per_adapter(adapters):
     rows = evaluate_adapters(adapters, "sst2", data_dir=str(GLUE), eval_limit=64, max_length=32, batch_size=16)
-    assert [r["packed"] for r in rows] == [True, True, False] and [r["variant"] for r in rows] == ["lora", "pissa", "dora"]
+    assert [r["packed"] for r in rows] == [True, True, True, False]  # DoRA packs (a column scaling), DyLoRA not
+    assert [r["variant"] for r in rows] == ["lora", "pissa", "dora", "dylora"]
     task = get_task("sst2")
     for row, directory in zip(rows, adapters):
         model, tokenizer = models.load_model("minilm", task, layers=2)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TARGETS, make_batch, outputs, train_steps
 
 import lorabench
 from lorabench import VariantError
 from lorabench.adapters import registry
+from lorabench.adapters.conv import linear_variants
 from lorabench.errors import AdapterFileError
 from lorabench.peft_import import readers
-
-from conftest import TARGETS, make_batch, outputs, train_steps
 
 peft = pytest.importorskip("peft")
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
@@ -45,7 +45,7 @@ def exported(variant, arch, make_model, folder):
     return model
 
 
-CASES = [(v, "bert") for v in lorabench.variants() if v != "qlora"] + [("lora", "gpt2"), ("dora", "llama")]
+CASES = [(v, "bert") for v in linear_variants() if v != "qlora"] + [("lora", "gpt2"), ("dora", "llama")]
 
 
 @pytest.mark.parametrize("variant, arch", CASES, ids=[f"{v}-{a}" for v, a in CASES])

@@ -122,6 +122,11 @@ def conv_support(cls: type[Variant]) -> str | None:
     return None
 
 
+def linear_variants() -> list[str]:
+    """The registered variants that adapt linear layers (all but the conv-only ones: CP-LoRA)."""
+    return [n for n in registry.names() if not issubclass(registry.get(n), ConvVariant)]
+
+
 def conv_variants() -> list[str]:
     """The registered variants that adapt ``nn.Conv2d``."""
     return [n for n in registry.names() if conv_support(registry.get(n)) is None]
