@@ -25,6 +25,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -269,6 +270,28 @@ def result_of(cfg: RunConfig, rid: str, data: dict, started: str, task, model, s
 
 
 # ---- the child entry point ----------------------------------------------------------------------
+def execute_each(configs: list[RunConfig], line: Callable[[RunConfig, dict[str, Any]], str], *,
+                 debug: bool = False) -> int:
+    """The loop of the scenario front ends (``lorabench prune``, ``lorabench segment``): run ``configs``
+    one after another and print ``line(cfg, result)`` and the result's path for each; a crash's
+    result is written and the other runs go on. Returns how many did not end ``ok``."""
+    if not debug:
+        models.quiet_transformers()
+    out = Path(configs[0].out)
+    results.check_writable(out)
+    failed = 0
+    for cfg in configs:
+        try:
+            result = execute(cfg, progress=not cfg.quiet)
+        except RunFailed as e:  # its result is written; the other runs go on
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        failed += result["status"] != "ok"
+        print(f"{line(cfg, result)} ({results.result_path(out, result['run_id'])})")
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lorabench.run <config.yaml> <run id> [--parent PID] [--report FILE]``: one run
     process. Exit codes as ``lorabench train`` (0 ok, 1 failed, 2 bad input, 3 diverged, 130 Ctrl-C).

@@ -25,11 +25,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import sys
-
-from .. import models, results, run
+from .. import results, run
 from ..config import RunConfig
-from ..errors import ConfigError, RunFailed
+from ..errors import ConfigError
 from ..pruning import lora, loram, loraprune  # noqa: F401  (register the methods)
 from ..pruning import registry as methods
 from ..pruning.record import prune_table, read_records
@@ -86,26 +84,18 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    if not getattr(args, "debug", False):
-        models.quiet_transformers()
     configs = run_configs(args)
     out = Path(configs[0].out)
-    results.check_writable(out)
-    failed = 0
-    for cfg in configs:
-        try:
-            result = run.execute(cfg, progress=not cfg.quiet)
-        except RunFailed as e:  # its result is written; the other runs go on
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
+
+    def line(cfg: RunConfig, result: dict[str, Any]) -> str:
         s, d = cfg.scenario, result.get("details") or {}
         value = results.metric_of(result, "final")[0]
         shown = f"{value:.4f}" if result["status"] == "ok" and value is not None else result["status"]
-        print(f"{s['method']} sparsity {s['sparsity']:g}: {result['primary_metric']} {shown}, params "
-              f"{d.get('sparsity', {}).get('params_before', 0):,} -> {d.get('sparsity', {}).get('params_after', 0):,} "
-              f"({results.result_path(out, result['run_id'])})")
-        failed += result["status"] != "ok"
+        sizes = d.get("sparsity", {})
+        return (f"{s['method']} sparsity {s['sparsity']:g}: {result['primary_metric']} {shown}, params "
+                f"{sizes.get('params_before', 0):,} -> {sizes.get('params_after', 0):,}")
+
+    failed = run.execute_each(configs, line, debug=getattr(args, "debug", False))
     table = to_markdown(prune_table(read_records(out)))
     (out / "prune.md").write_text(table + "\n")
     print(table)

@@ -20,13 +20,12 @@ the table of every segment run in OUT.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from .. import models, results, run
+from .. import results, run
 from ..config import RunConfig
-from ..errors import RunFailed, UsageError
+from ..errors import UsageError
 from ..kinds import REFUSES
 from ..segmentation.settings import PLAIN_ARMS
 from .args import add_config_flags, config_from_args, ints, names
@@ -70,21 +69,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 0
     if not getattr(args, "arms", None):
         raise UsageError("give --arm ARM... (scratch, full, decoder, lora, dora, cp_lora), or --table DIR")
-    if not getattr(args, "debug", False):
-        models.quiet_transformers()
     configs = run_configs(args)
     out = Path(configs[0].out)
-    results.check_writable(out)
-    failed = 0
-    for cfg in configs:
-        try:
-            result = run.execute(cfg, progress=not cfg.quiet)
-        except RunFailed as e:  # its result is written; the other runs go on
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        failed += result["status"] != "ok"
-        print(row(result) + f" ({results.result_path(out, result['run_id'])})")
+    failed = run.execute_each(configs, lambda cfg, result: row(result), debug=getattr(args, "debug", False))
     write_table(out)
     return 1 if failed else 0
 
