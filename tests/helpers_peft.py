@@ -1,5 +1,5 @@
-"""Helpers for the PEFT-parity tests of RandLoRA, Uni-LoRA, MiSS and AdaLoRA (test_randlora.py,
-test_uni_lora.py, test_miss.py, test_adalora.py): PEFT is the test oracle, and it draws its random
+"""Helpers for the PEFT-parity tests of RandLoRA, Uni-LoRA, MiSS, AdaLoRA and the conv adapters
+(test_randlora.py, test_uni_lora.py, test_miss.py, test_adalora.py, test_conv_adapters.py): PEFT is the test oracle, and it draws its random
 tensors (bases, projection indices, initial weights) from its own RNG streams, so ours are
 copied into PEFT (or PEFT's projection into ours) before the outputs, the loss and the gradients
 of every paired tensor are compared (fp32, 1e-5). Import it after ``pytest.importorskip("peft")``."""
@@ -42,12 +42,12 @@ def perturb_and_copy(pairs, std=0.1, seed=7):
         theirs.copy_(ours.reshape(theirs.shape))
 
 
-def assert_parity(ours, theirs, pairs, arch, make_model, ours_loss=lambda m, b: m(**b).loss):
-    """Outputs, the loss, and the gradients of every paired tensor and of the head agree."""
-    batch = make_batch()
-    out = outputs(ours, batch)
-    assert not torch.allclose(out, outputs(make_model(arch), batch), atol=1e-3), "the adapter changes nothing"
-    torch.testing.assert_close(out, outputs(theirs.eval(), batch), atol=1e-5, rtol=0)
+def assert_same_step(ours, theirs, pairs, batch, outputs_of, plain, ours_loss=lambda m, b: m(**b).loss) -> None:
+    """Outputs (``outputs_of(model, batch)``, which differ from the ``plain`` model's), the loss, and
+    the gradients of every paired tensor agree (fp32: 1e-5, the loss 1e-6)."""
+    out = outputs_of(ours, batch)
+    assert not torch.allclose(out, outputs_of(plain, batch), atol=1e-3), "the adapter changes nothing"
+    torch.testing.assert_close(out, outputs_of(theirs, batch), atol=1e-5, rtol=0)
     loss_ours, loss_theirs = ours_loss(ours, batch), theirs(**batch).loss
     torch.testing.assert_close(loss_ours, loss_theirs, atol=1e-6, rtol=0)
     loss_ours.backward()
@@ -55,6 +55,11 @@ def assert_parity(ours, theirs, pairs, arch, make_model, ours_loss=lambda m, b: 
     for i, (a, b) in enumerate(pairs):
         assert a.grad is not None and a.grad.abs().sum() > 0, f"tensor {i} got no gradient"
         torch.testing.assert_close(a.grad, b.grad.reshape(a.shape), atol=1e-5, rtol=0, msg=f"gradient {i}")
+
+
+def assert_parity(ours, theirs, pairs, arch, make_model, ours_loss=lambda m, b: m(**b).loss):
+    """Outputs, the loss, and the gradients of every paired tensor and of the head agree."""
+    assert_same_step(ours, theirs.eval(), pairs, make_batch(), outputs, make_model(arch), ours_loss)
     head = ours.lorabench_state.head[0]
     peft_head = peft_layer(theirs, head).modules_to_save["default"]
     for p, q in zip(ours.get_submodule(head).parameters(), peft_head.parameters()):

@@ -53,18 +53,10 @@ def peft_pair(variant: str, **opts):
 @pytest.mark.parametrize("variant, opts", [("lora", {}), ("lora", {"rslora": True}), ("dora", {}),
                                            ("dora", {"rslora": True})])
 def test_matches_peft_conv(variant, opts):
+    from helpers_peft import assert_same_step
+
     ours, theirs, pairs = peft_pair(variant, **opts)
-    batch = conv_batch()
-    out = conv_outputs(ours, batch)
-    assert not torch.allclose(out, conv_outputs(ConvNet(), batch), atol=1e-3), "the adapter changes nothing"
-    torch.testing.assert_close(out, conv_outputs(theirs, batch), atol=1e-5, rtol=0)
-    loss_ours, loss_theirs = ours(**batch).loss, theirs(**batch).loss
-    torch.testing.assert_close(loss_ours, loss_theirs, atol=1e-6, rtol=0)
-    loss_ours.backward()
-    loss_theirs.backward()
-    for i, (a, b) in enumerate(pairs):
-        assert a.grad is not None and a.grad.abs().sum() > 0, f"tensor {i} got no gradient"
-        torch.testing.assert_close(a.grad, b.grad.reshape(a.shape), atol=1e-5, rtol=0, msg=f"gradient {i}")
+    assert_same_step(ours, theirs, pairs, conv_batch(), conv_outputs, ConvNet())
 
 
 @pytest.mark.parametrize("variant", ["lora", "dora"])
