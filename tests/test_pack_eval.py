@@ -71,3 +71,28 @@ def test_adapters_of_another_base_are_refused_before_any_example(adapters, tmp_p
         evaluate_adapters([adapters[0], other], "sst2", data_dir=str(GLUE))
     assert cli.main(["eval", str(adapters[0]), str(other), "--task", "sst2", "--data-dir", str(GLUE)]) == 2
     assert "1 layers" in capsys.readouterr().err
+
+
+def test_dev_rows_regroup_by_length_each_row_once_cut_after_its_padding():
+    import torch
+
+    from lorabench.pack.model import by_length, right_padded
+
+    lengths = [[3, 7, 1, 5], [2, 6, 4]]
+    batches = []
+    for i, ls in enumerate(lengths):
+        mask = torch.tensor([[1] * n + [0] * (7 - n) for n in ls])
+        ids = torch.arange(len(ls) * 7).view(len(ls), 7) + 100 * i
+        batches.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.arange(len(ls))})
+    assert all(right_padded(b) for b in batches)
+    assert not right_padded({"attention_mask": torch.tensor([[0, 1, 1]])})  # left padding: not regrouped
+    groups = by_length(batches, 3)
+    where = [w for _, ws in groups for w in ws]
+    assert sorted(where) == sorted((i, r) for i, ls in enumerate(lengths) for r in range(len(ls)))
+    got = [lengths[i][r] for i, r in where]
+    assert got == sorted(got, reverse=True)  # longest first
+    for inputs, ws in groups:
+        longest = max(lengths[i][r] for i, r in ws)
+        assert inputs["input_ids"].shape == (len(ws), longest)  # cut to the group's longest row
+        for row, (i, r) in zip(inputs["input_ids"], ws):
+            assert torch.equal(row, batches[i]["input_ids"][r][:longest])

@@ -10,7 +10,7 @@ Each task is then evaluated on its dev set (one pass, ``lorabench.pack.eval``) t
 its own adapter (the single-task upper bound), the merged adapter, and no adapter (the base with
 the task's own head, no update: the lower bound). DIR/merge.json holds the result (schema
 below), DIR/merge.md the printed task table; one call is one method, so a method x task table is
-the README's merge-glue recipe (one call per method).
+the merge-glue recipe of docs/guide/merging.md (one call per method).
 
 merge.json: schema "lorabench-merge", schema_version 1, key (a 16-hex hash of what made the merge:
 method, options, each source's content and folder), method, options (weights, rank, and the
@@ -23,7 +23,7 @@ written right after the adapters (eval null), then again with the evaluation.
 One --out holds one merge. Rule: DIR must be new or empty, or hold only the files of this very
 merge (a merge.json with the same key, its task folders and merge.md), which are then rewritten;
 anything else is refused (exit 2) before any compute. We chose refusing over a subfolder per merge
-(DIR/<hash>/) because DIR/<task>/ and DIR/merge.json are the documented layout that the README's
+(DIR/<hash>/) because DIR/<task>/ and DIR/merge.json are the documented layout that the guide's
 merge-glue recipe and scripts read, a hash-named folder would make every result harder to find,
 and a refused call costs nothing (it is checked before compute). Re-running the same merge (e.g.
 with evaluation after --no-eval) stays possible. Every check runs before anything is written:

@@ -42,6 +42,9 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
     g.add_argument("--pack", type=positive_int, default=None,
                    help="train runs that share a frozen base K at a time in one process (lorabench.pack) "
                         "[the file's pack:, else 1]")
+    g.add_argument("--jobs", type=positive_int, default=None,
+                   help="run this many processes (runs or packs) at a time, the CPU threads split between them "
+                        "[the file's jobs:, else 1]")
     g.add_argument("--halving", type=positive_int, default=None, metavar="ETA",
                    help="successive halving over each method's grid: after each seed keep the best 1/ETA of its "
                         "configurations (on the selection split) for the next [the file's halving:, else off]")
@@ -55,11 +58,15 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
     g.add_argument("--cpus-per-run", type=positive_int, default=1, help="CPUs each Ray task asks for [1]")
 
 
-def backend_runner(args: argparse.Namespace) -> Callable[..., dict[str, str | None]]:
+def backend_runner(args: argparse.Namespace, sweep: Sweep | None = None) -> Callable[..., dict[str, str | None]]:
     """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs)."""
     backend = getattr(args, "backend", "local")
-    if backend == "ray" and (getattr(args, "pack", None) or 1) > 1:
-        raise SweepError("--pack trains packs with the local backend; drop --pack or --backend ray")
+    if backend == "ray" and max(getattr(args, "pack", None) or 1, sweep.pack if sweep else 1) > 1:
+        raise SweepError("--pack (or the file's pack:) trains packs with the local backend; use pack 1 with "
+                         "--backend ray, or the local backend")
+    if backend == "ray" and max(getattr(args, "jobs", None) or 1, sweep.jobs if sweep else 1) > 1:
+        raise SweepError("--jobs (or the file's jobs:) sets the local backend's processes at a time; Ray schedules "
+                         "its own: use --cpus-per-run with --backend ray, or the local backend")
     if backend != "ray":
         if getattr(args, "address", None) is not None:
             raise SweepError("--address only applies to --backend ray; add --backend ray or drop --address")
@@ -76,6 +83,8 @@ def sweep_from_args(args: argparse.Namespace, config: str, config_cls: type = Ru
         overrides["seeds"] = args.seeds
     if getattr(args, "pack", None) is not None:
         overrides["pack"] = args.pack
+    if getattr(args, "jobs", None) is not None:
+        overrides["jobs"] = args.jobs
     if getattr(args, "halving", None) is not None:
         overrides["halving"] = args.halving
     sweep = load_sweep(config, overrides, only_variants=args.variants, only_tasks=args.tasks, config_cls=config_cls)
@@ -106,7 +115,7 @@ def group_tracker_runs(sweep: Sweep) -> Sweep:
 def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
-        runner = backend_runner(args)
+        runner = backend_runner(args, sweep)
         extended: dict[str, str | None] = {}
         if sweep.extend_grid:  # first seed, grids extended while a best lr is at an edge, then the rest
             sweep, extended, bound = run_extending(
@@ -173,7 +182,7 @@ def add_sweep_parser(subparsers: Any, config_cls: type = RunConfig) -> argparse.
 
 
 def add_bench_parser(subparsers: Any, config_cls: type = RunConfig) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="run the quick preset (MiniLM on SST-2, 8 methods) and report")
+    p = subparsers.add_parser("bench", help="run the quick preset (MiniLM on SST-2, 6 methods) and report")
     p.add_argument("--dry-run", action="store_true", help="print the expanded runs and a time estimate, run nothing")
     add_override_flags(p, config_cls)
     p.set_defaults(func=cmd_bench)

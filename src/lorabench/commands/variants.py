@@ -19,19 +19,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def describe_variants() -> str:
-    """The three axes: structures (variants), initialisations (``init=``), optimisation rules
-    (``optimizer=``); the last two combine with any LoRA-family structure."""
+def variant_facts() -> list[dict[str, Any]]:
+    """One record per registered variant, for ``lorabench variants`` and the documentation's variants
+    page: ``name``, ``cls``, ``description``, ``options`` ({option: default}, rule options last),
+    ``packs`` and ``conv`` (None when runs of it pack / it adapts ``nn.Conv2d``, else why not)."""
     rule_fields = {f.name for f in dataclasses.fields(RuleOptions)}
-    blocks = ["structures (--variant NAME; options: --opt KEY=VALUE)"]
+    facts = []
     for name in adapters.names():
         cls = adapters.get(name)
         fields = sorted(dataclasses.fields(cls.Options), key=lambda f: f.name in rule_fields)  # rule options last
-        opts = ", ".join(f"{f.name}={_default(f)!r}" for f in fields)
-        why = cls.unpackable()
+        facts.append({"name": name, "cls": cls,
+                      "description": cls.description or (cls.__doc__ or "").strip().splitlines()[0],
+                      "options": {f.name: _default(f) for f in fields}, "packs": cls.unpackable(),
+                      "conv": adapters.conv.conv_support(cls)})
+    return facts
+
+
+def describe_variants() -> str:
+    """The three axes: structures (variants), initialisations (``init=``), optimisation rules
+    (``optimizer=``); the last two combine with any LoRA-family structure."""
+    blocks = ["structures (--variant NAME; options: --opt KEY=VALUE)"]
+    for fact in variant_facts():
+        opts = ", ".join(f"{key}={value!r}" for key, value in fact["options"].items())
+        why, no_conv = fact["packs"], fact["conv"]
         packs = "yes (sweep --pack K trains such runs over one shared base)" if why is None else f"no: {why}"
-        conv = "yes" if (no_conv := adapters.conv.conv_support(cls)) is None else f"no: {no_conv}"
-        blocks.append(f"{name}\n    {cls.description or (cls.__doc__ or '').strip().splitlines()[0]}\n"
+        conv = "yes" if no_conv is None else f"no: {no_conv}"
+        blocks.append(f"{fact['name']}\n    {fact['description']}\n"
                       f"    options: {opts or '(none)'}\n    packs: {packs}\n    nn.Conv2d: {conv}")
     width = max(map(len, [*INITS, *RULES]))
     blocks.append("\ninitialisations (--opt init=NAME, with any variant that has an init option)")

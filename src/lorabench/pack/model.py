@@ -175,35 +175,70 @@ class RunView(nn.Module):
         return SimpleNamespace(logits=logits, loss=None if loss is None else loss.mean())
 
 
+def by_length(batches: list[dict], rows_per_group: int) -> list[tuple[dict, list[tuple[int, int]]]]:
+    """The rows of right-padded ``batches`` regrouped by real length, longest first: [(inputs of
+    ``rows_per_group`` rows cut to their longest, [(batch, row) of each])]. A row's outputs do not
+    depend on the padding after it (masked keys get weight 0), so each is computed as in its own
+    batch, on fewer padded tokens."""
+    rows = []
+    for i, b in enumerate(batches):
+        mask = b.get("attention_mask")
+        lengths = mask.sum(1).tolist() if mask is not None else [b["input_ids"].shape[1]] * len(b["input_ids"])
+        rows += [(-int(n), i, r) for r, n in enumerate(lengths)]
+    rows.sort()
+    out = []
+    for first in range(0, len(rows), rows_per_group):
+        members = rows[first:first + rows_per_group]
+        longest = max(1, -members[0][0])
+        inputs = {key: torch.stack([batches[i][key][r][:longest] if value.dim() == 2 else batches[i][key][r]
+                                    for _, i, r in members])
+                  for key, value in batches[0].items() if torch.is_tensor(value)}
+        out.append((inputs, [(i, r) for _, i, r in members]))
+    return out
+
+
+def right_padded(batch: dict) -> bool:
+    """Every row's real tokens come first (what ``by_length`` cuts after)."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return True
+    n = mask.sum(1, keepdim=True)
+    return bool((mask == (torch.arange(mask.shape[1], device=mask.device) < n).to(mask.dtype)).all())
+
+
 @torch.no_grad()
 def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dict], task, device, amp,
                   progress: bool = False) -> list[dict]:
-    """Dev metrics of each of ``runs`` ({split: {metric: value}}): each dev batch computed once for
-    all, the base run on as many copies of it at a time as ``EVAL_TOKEN_BUDGET`` padded tokens allow.
-    ``loaders``: {split: loader} for all, or one per run (``loaders[j]``: run ``runs[j]``'s, each
-    iterated as the run iterates it alone, so the random draws of a training run stay its own).
-    ``progress``: a bar over the dev batches (``lorabench eval``)."""
+    """Dev metrics of each of ``runs`` ({split: {metric: value}}): every run reads the same dev rows,
+    regrouped by length (``by_length``, groups of the loader's batch size; predictions are put back
+    in the split's order), the base run on as many copies of a group at a time as
+    ``EVAL_TOKEN_BUDGET`` padded tokens allow. ``loaders``: {split: loader} for all, or one per run
+    (``loaders[j]``: run ``runs[j]``'s, each iterated as the run iterates it alone, so the random
+    draws of a training run stay its own). ``progress``: a bar over the groups (``lorabench eval``)."""
     loaders = [loaders] if isinstance(loaders, dict) else loaders
     training = packed.training
     packed.eval()
     out: list[dict] = [{} for _ in runs]
     for split in loaders[0]:
-        preds: list[list] = [[] for _ in runs]
-        labels = []
-        batches = zip(*(own[split] for own in loaders), strict=True)
-        for batch, *_ in tqdm(batches, total=len(loaders[0][split]), disable=not progress, unit="batch",
-                              desc=f"{len(runs)} adapters on {split}", dynamic_ncols=True):
-            inputs = {k: v for k, v in send_to_device(batch, device).items() if k != "labels"}
-            at_once = max(1, EVAL_TOKEN_BUDGET // inputs["input_ids"].numel())
+        batches = [batch for batch, *_ in zip(*(own[split] for own in loaders), strict=True)]
+        labels = torch.cat([b["labels"] for b in batches]).cpu().tolist()
+        inputs = [{k: v for k, v in send_to_device(b, device).items() if k != "labels"} for b in batches]
+        size = max(len(b["input_ids"]) for b in inputs)
+        groups = (by_length(inputs, size) if all(right_padded(b) for b in inputs)
+                  else [(b, [(i, r) for r in range(len(b["input_ids"]))]) for i, b in enumerate(inputs)])
+        preds: list[dict] = [{} for _ in runs]  # (batch, row) -> prediction
+        for group, where in tqdm(groups, disable=not progress, unit="batch", desc=f"{len(runs)} adapters on {split}",
+                                 dynamic_ncols=True):
+            at_once = max(1, EVAL_TOKEN_BUDGET // group["input_ids"].numel())
             for first in range(0, len(runs), at_once):
-                group = runs[first:first + at_once]
+                chosen = runs[first:first + at_once]
                 with autocast(device, amp):
-                    logits, _, seg = packed(group, [inputs] * len(group))
+                    logits, _, seg = packed(chosen, [group] * len(chosen))
                 for j, part in enumerate(logits.float().split(seg.rows), start=first):
-                    preds[j].append(part.squeeze(-1) if task.is_regression else part.argmax(-1))
-            labels.append(batch["labels"])
-        y = torch.cat(labels).cpu().tolist()
+                    got = part.squeeze(-1) if task.is_regression else part.argmax(-1)
+                    preds[j].update(zip(where, got.cpu().tolist()))
+        order = [(i, r) for i, b in enumerate(batches) for r in range(len(b["labels"]))]
         for j in range(len(runs)):
-            out[j][split] = {k: float(v) for k, v in compute(task, torch.cat(preds[j]).cpu().tolist(), y).items()}
+            out[j][split] = {k: float(v) for k, v in compute(task, [preds[j][key] for key in order], labels).items()}
     packed.train(training)
     return out

@@ -72,3 +72,24 @@ def group(runs: list, size: int) -> tuple[list[list], list[str]]:
             units.append(pack)
         pack.append(run)
     return units, notes
+
+
+def notes(runs: list, size: int, jobs: int = 1) -> list[str]:
+    """How ``runs`` pack (one line for the packs, one per reason some runs train alone) and, with
+    ``jobs`` > 1, whether there are processes enough to run ``jobs`` at a time."""
+    units, _ = group(runs, size)
+    lines = []
+    if size > 1:
+        packs = [u for u in units if len(u) > 1]
+        alone: dict[str, int] = {}
+        for unit in units:
+            if len(unit) == 1:
+                why = unpackable(unit[0].config) or "no other run shares its base"
+                alone[why] = alone.get(why, 0) + 1
+        lines.append(f"--pack {size}: {sum(map(len, packs))} runs in {len(packs)} pack{'s' * (len(packs) != 1)} "
+                     "over a shared base")
+        lines += [f"{n} run{'s train' if n != 1 else ' trains'} alone: {why}" for why, n in alone.items()]
+    if jobs > len(units):
+        lines.append(f"jobs {jobs}: the sweep has {len(units)} process{'es' * (len(units) != 1)} to run (runs, or "
+                     f"packs of {size}), so at most {len(units)} at a time; lower pack to fill {jobs}")
+    return lines

@@ -1,5 +1,12 @@
-"""The local backend of ``lorabench sweep``: every planned run not done yet, one after another,
-each in a fresh run process (``python -m lorabench.run``, started through ``launch``).
+"""The local backend of ``lorabench sweep``: every planned run not done yet, each in a fresh run
+process (``python -m lorabench.run``, started through ``launch``) or in a pack process
+(``python -m lorabench.pack``), one process after another or ``jobs`` at a time.
+
+With ``jobs: N`` the machine's CPU threads are split between the N processes (``threads_per_job``:
+``OMP_NUM_THREADS`` of each child, unless the user set it). On a CPU that is the faster way to use
+cores: one process per core runs its small products without waiting on the other thread, and the
+Python work of one overlaps the other's. Numbers do not change with it (a run's matrix products are
+the same at 1 or 2 threads here; ``benchmarks/bench_speed.py`` compares the dev metrics).
 
 A rerun skips runs whose result exists (``retry_failed``: reruns those not ok). A run process
 that dies without a result gets an ``error`` result written here, by its living parent; a child
@@ -13,7 +20,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -81,25 +90,47 @@ def write_config(run: PlannedRun, out: Path) -> Path:
     return cfg_path
 
 
-def execute_in_subprocess(run: PlannedRun, out: Path) -> tuple[int, Path]:
+def threads_per_job(jobs: int) -> dict[str, str]:
+    """The environment that gives each of ``jobs`` processes its share of this machine's CPUs
+    ({} for one job, or when the user set ``OMP_NUM_THREADS``: theirs holds)."""
+    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = str(max(1, cpus // jobs))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+class Stopped(Exception):
+    """The sweep was interrupted while this child ran (``jobs`` > 1: the other workers' children stop too)."""
+
+
+def execute_in_subprocess(run: PlannedRun, out: Path, env: dict[str, str] | None = None,
+                          stop: threading.Event | None = None) -> tuple[int, Path]:
     """Run one config in a fresh Python process; returns (exit code, log path)."""
     cfg_path = write_config(run, out)
     return run_logged(run_command(cfg_path, run.run_id, "--parent", str(os.getpid())),
-                      out / "logs" / f"run-{run.run_id}.log")
+                      out / "logs" / f"run-{run.run_id}.log", env=env, stop=stop)
 
 
-def run_logged(cmd: list[str], log: Path, poll: Callable[[], None] | None = None) -> tuple[int, Path]:
+def run_logged(cmd: list[str], log: Path, poll: Callable[[], None] | None = None, env: dict[str, str] | None = None,
+               stop: threading.Event | None = None) -> tuple[int, Path]:
     """``cmd`` in a child process, output into ``log``; the child never outlives this call.
-    ``poll()``: called about every second while the child runs (the sweep's progress inside a pack)."""
+    ``poll()``: called about every second while the child runs (the sweep's progress inside a pack).
+    ``env``: added to the child's environment. ``stop``: once set, the child is stopped and
+    ``Stopped`` raised (another thread's Ctrl-C)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env(env))
         try:
-            while poll is not None:
+            while poll is not None or stop is not None:
+                if stop is not None and stop.is_set():
+                    raise Stopped()
                 try:
                     return proc.wait(timeout=1.0), log
                 except subprocess.TimeoutExpired:
-                    poll()
+                    if poll is not None:
+                        poll()
             return proc.wait(), log
         except BaseException:  # Ctrl-C or an error in the sweep: never leave the run behind
             proc.terminate()
@@ -150,23 +181,25 @@ def read_progress(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None = None) -> tuple[dict[str, str], Path]:
+def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None = None,
+             env: dict[str, str] | None = None, stop: threading.Event | None = None) -> tuple[dict[str, str], Path]:
     """One run in a process of its own, or a pack (``lorabench.pack``: several runs over one frozen
     base in one process); returns ({run id: status}, log path). Every run whose process died
     without writing its result gets an ``error`` result here, by its living parent. ``poll()``:
-    called about every second while a pack trains (it reads ``progress_file``)."""
+    called about every second while a pack trains (it reads ``progress_file``); ``env`` and
+    ``stop`` as ``run_logged`` takes them."""
     started = results.now()
     paths = {r.run_id: results.result_path(out, r.run_id) for r in unit}
     before = {rid: results.file_stamp(path) for rid, path in paths.items()}
     if len(unit) == 1:
-        rc, log = execute_in_subprocess(unit[0], out)
+        rc, log = execute_in_subprocess(unit[0], out, env, stop)
     else:
         pairs = [str(a) for r in unit for a in (write_config(r, out), r.run_id)]
         progress = progress_file(out, unit)
         progress.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "lorabench.pack", "--parent", str(os.getpid()), "--progress", str(progress),
                *pairs]
-        rc, log = run_logged(cmd, out / "logs" / f"pack-{unit[0].run_id}.log", poll)
+        rc, log = run_logged(cmd, out / "logs" / f"pack-{unit[0].run_id}.log", poll, env, stop)
     statuses = {}
     for run in unit:
         path = paths[run.run_id]
@@ -185,7 +218,8 @@ def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None 
 
 
 def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) -> dict[str, str | None]:
-    """Run every planned run not done yet, one after another; returns run id -> status."""
+    """Run every planned run not done yet, one process after another or ``sweep.jobs`` at a time
+    (``run_parallel``); returns run id -> status."""
     from tqdm.auto import tqdm
 
     out = Path(sweep.out)
@@ -201,6 +235,9 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
         units, _ = packing.group(todo, sweep.pack)
         i = 0
         try:
+            if sweep.jobs > 1 and len(units) > 1:
+                statuses.update(run_parallel(units, out, sweep.jobs, bar, sum(estimates)))
+                units = []
             for unit in units:
                 done_est = sum(estimates[:i])
                 factor = spent / done_est if done_est else 1.0  # calibrate the estimate on this machine
@@ -240,3 +277,58 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
         if lock is not None:
             lock.close()
 
+
+
+def run_parallel(units: list[list[PlannedRun]], out: Path, jobs: int, bar, estimate_s: float) -> dict[str, str]:
+    """``units`` (runs or packs) ``jobs`` processes at a time, in plan order, each with its share of
+    the CPU threads (``threads_per_job``); returns run id -> status. ``bar`` moves as runs finish and
+    as the packs running report their steps; its ETA extrapolates the wall time spent so far (before
+    any progress: ``estimate_s`` over ``jobs``). Ctrl-C stops every running child."""
+    env, stop, lock = threads_per_job(jobs), threading.Event(), threading.Lock()
+    running: set[int] = set()
+    start, t0 = bar.n, time.perf_counter()
+
+    def work(j: int) -> tuple[dict[str, str], Path]:
+        with lock:
+            running.add(j)
+        try:
+            return run_unit(units[j], out, env=env, stop=stop)
+        finally:
+            with lock:
+                running.discard(j)
+
+    statuses: dict[str, str] = {}
+    finished = 0.0
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = {pool.submit(work, j): j for j in range(len(units))}
+        pending_ = set(futures)
+        while pending_:
+            done, pending_ = wait(pending_, timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                unit = units[futures[fut]]
+                got, log = fut.result()
+                statuses.update(got)
+                finished += len(unit)
+                for run in unit:
+                    if got[run.run_id] != "ok":
+                        bar.write(f"{got[run.run_id]}: {run.describe()} (log: {log})")
+            with lock:
+                now = list(running)
+            inside = 0.0
+            for j in now:  # the packs running: their share of steps done
+                got = read_progress(progress_file(out, units[j])) if len(units[j]) > 1 else None
+                if got is not None and got[1]:
+                    inside += len(units[j]) * got[0] / got[1]
+            bar.n = start + finished + inside
+            moved, spent = finished + inside, time.perf_counter() - t0
+            left = spent * (bar.total - bar.n) / moved if moved else max(0.0, estimate_s / jobs - spent)
+            bar.set_description_str(f"{len(now)} of {jobs} jobs")
+            bar.set_postfix_str(f"ETA {format_seconds(left)}")
+            bar.refresh()
+    except BaseException:
+        stop.set()  # every worker stops its child and returns; no result is written for them
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return statuses

@@ -17,6 +17,9 @@
       qlora:     {optional: true, lr: [2e-4]}   # skipped with a warning unless registered
     halving: 2                         # optional: successive halving over each method's grid, seeds as
                                        # the budget (sweep/halving.py)
+    pack: 9                            # optional: runs over one frozen base trained together (lorabench.pack)
+    jobs: 2                            # optional: processes (runs or packs) at a time, the CPU threads
+                                       # split between them (sweep/local.py)
 
 Rules. Under ``variants`` every YAML list is a grid and its items are the candidate values
 (so a list-valued field needs a list of lists: ``targets: [[query, value], all-linear]``); a
@@ -66,8 +69,8 @@ from ..errors import ConfigError, DataError, SweepError
 from ..outputs import safe_name
 from ..pack import plan as packing
 
-TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack", "extend_grid",
-            "halving")
+TOP_KEYS = ("name", "description", "base", "models", "tasks", "seeds", "task_overrides", "variants", "pack", "jobs",
+            "extend_grid", "halving")
 BLOCK_META_KEYS = ("optional",)
 NOT_IN_GRID = ("seed", "model", "task", "variant", "out")  # the sweep's own axes and its folder
 
@@ -123,6 +126,7 @@ class Sweep:
     out: str = ""
     notes: list[str] = field(default_factory=list)
     pack: int = 1  # runs that share a frozen base train this many at a time (``lorabench.pack``)
+    jobs: int = 1  # processes (runs or packs) at a time, the CPU threads split between them (``local.py``)
     halving: int | None = None  # successive halving over each method's grid with this eta (``halving.py``)
     extend_grid: int = 0  # lr points a grid may grow by on each side while its best is at an edge (``extend.py``)
 
@@ -144,6 +148,14 @@ def _check_keys(where: str, mapping: Any, valid: list[str] | tuple[str, ...]) ->
         if key not in valid:
             raise SweepError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
     return mapping
+
+
+def _count(key: str, overrides: dict, spec: dict, what: str, example: str) -> int:
+    """The positive integer ``key`` (a flag's override, else the file's, else 1)."""
+    value = overrides.pop(key) if overrides.get(key) is not None else spec.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SweepError(f"{key} must be a positive integer ({what}), got {value!r}; e.g. {example}")
+    return value
 
 
 def _axis(where: str, value: Any) -> list:
@@ -183,10 +195,9 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     models = _axis("models", spec.get("models", base.get("model", "minilm")))
     tasks = _axis("tasks", spec.get("tasks", base.get("task", "sst2")))
     seeds = _axis("seeds", spec.get("seeds", base.get("seed", 0)))
-    pack = overrides.pop("pack") if overrides.get("pack") is not None else spec.get("pack", 1)
-    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
-        raise SweepError(f"pack must be a positive integer (runs trained together over one base), got {pack!r}; "
-                         "e.g. pack: 8, or 1 to train every run in a process of its own")
+    pack = _count("pack", overrides, spec, "runs trained together over one base",
+                  "pack: 8, or 1 to train every run in a process of its own")
+    jobs = _count("jobs", overrides, spec, "run or pack processes at a time", "jobs: 2, or 1 for one at a time")
     halving = overrides.pop("halving") if overrides.get("halving") is not None else spec.get("halving")
     if halving is not None and (isinstance(halving, bool) or not isinstance(halving, int) or halving < 2):
         raise SweepError(f"halving must be an integer eta >= 2 (keep the best 1/eta of a method's configurations "
@@ -276,30 +287,15 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
     if len(set(budget.values())) > 1:
         notes.append("unequal tuning budget (configurations per task and seed): "
                      + ", ".join(f"{k} {v}" for k, v in budget.items()))
-    if pack > 1:
-        notes += pack_notes(list(unique.values()), pack)
+    notes += packing.notes(list(unique.values()), pack, jobs)
     if halving is not None and len(seeds) < 2:
         notes.append("halving: with one seed every configuration runs once; halving needs two or more seeds")
     extend = spec.get("extend_grid", 0)
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
         raise SweepError(f"extend_grid must be an integer >= 0 (lr points a grid may grow by on each side while its "
                          f"best is at an edge), got {extend!r}; e.g. extend_grid: 2")
-    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack, halving=halving,
+    return Sweep(name=name, runs=list(unique.values()), out=str(out), notes=notes, pack=pack, jobs=jobs, halving=halving,
                  extend_grid=extend)
-
-
-def pack_notes(runs: list[PlannedRun], size: int) -> list[str]:
-    """How ``runs`` pack: one line for the packs, one per reason some runs train alone."""
-    units, _ = packing.group(runs, size)
-    packs = [u for u in units if len(u) > 1]
-    alone: dict[str, int] = {}
-    for unit in units:
-        if len(unit) == 1:
-            why = packing.unpackable(unit[0].config) or "no other run shares its base"
-            alone[why] = alone.get(why, 0) + 1
-    lines = [f"--pack {size}: {sum(map(len, packs))} runs in {len(packs)} pack{'s' * (len(packs) != 1)} "
-             "over a shared base"]
-    return lines + [f"{n} run{'s train' if n != 1 else ' trains'} alone: {why}" for why, n in alone.items()]
 
 
 PATH_KEYS = ("data_dir", "out")  # RunConfig fields that are paths
