@@ -85,7 +85,8 @@ def main() -> None:
     print(f"\nlorabench bench, 18 runs, {os.cpu_count()} CPUs, baseline {args.baseline}, {args.order}")
     print("| way | wall |\n|---|---:|")
     for name in ways:
-        print(f"| {name} | {wall[name] // 60:.0f} min {wall[name] % 60:.0f} s |")
+        minutes, seconds = divmod(round(wall[name]), 60)  # 659.6 s is 11 min 0 s, not 10 min 60 s
+        print(f"| {name} | {minutes} min {seconds} s |")
     print(f"speed-up: {wall['baseline'] / wall['this tree']:.2f}x\n")
     print("| run | baseline acc | this tree acc | equal |\n|---|---:|---:|:-:|")
     for rid, (what, acc) in got["this tree"].items():

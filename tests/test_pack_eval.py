@@ -78,15 +78,16 @@ def test_dev_rows_regroup_by_length_each_row_once_cut_after_its_padding():
 
     from lorabench.pack.model import by_length, right_padded
 
-    lengths = [[3, 7, 1, 5], [2, 6, 4]]
+    lengths = [[3, 7, 1, 5], [2, 6, 4], [6, 2]]  # batches padded to 7, 6 and 6 tokens
     batches = []
     for i, ls in enumerate(lengths):
-        mask = torch.tensor([[1] * n + [0] * (7 - n) for n in ls])
-        ids = torch.arange(len(ls) * 7).view(len(ls), 7) + 100 * i
-        batches.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.arange(len(ls))})
+        width = max(ls)
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in ls])
+        ids = (torch.arange(len(ls) * width).view(len(ls), width) + 100 * i + 1) * mask - (1 - mask)  # pad: -1
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": torch.arange(len(ls))})
     assert all(right_padded(b) for b in batches)
     assert not right_padded({"attention_mask": torch.tensor([[0, 1, 1]])})  # left padding: not regrouped
-    groups = by_length(batches, 3)
+    groups = by_length(batches, 3, pad_id=-1)
     where = [w for _, ws in groups for w in ws]
     assert sorted(where) == sorted((i, r) for i, ls in enumerate(lengths) for r in range(len(ls)))
     got = [lengths[i][r] for i, r in where]
@@ -94,5 +95,7 @@ def test_dev_rows_regroup_by_length_each_row_once_cut_after_its_padding():
     for inputs, ws in groups:
         longest = max(lengths[i][r] for i, r in ws)
         assert inputs["input_ids"].shape == (len(ws), longest)  # cut to the group's longest row
-        for row, (i, r) in zip(inputs["input_ids"], ws):
-            assert torch.equal(row, batches[i]["input_ids"][r][:longest])
+        for row, mask, (i, r) in zip(inputs["input_ids"], inputs["attention_mask"], ws):
+            n = lengths[i][r]
+            assert torch.equal(row[:n], batches[i]["input_ids"][r][:n])  # its real tokens, as they were
+            assert (row[n:] == -1).all() and mask.sum() == n  # then padding, whatever its batch's width

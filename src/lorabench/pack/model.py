@@ -175,11 +175,11 @@ class RunView(nn.Module):
         return SimpleNamespace(logits=logits, loss=None if loss is None else loss.mean())
 
 
-def by_length(batches: list[dict], rows_per_group: int) -> list[tuple[dict, list[tuple[int, int]]]]:
+def by_length(batches: list[dict], rows_per_group: int, pad_id: int = 0) -> list[tuple[dict, list[tuple[int, int]]]]:
     """The rows of right-padded ``batches`` regrouped by real length, longest first: [(inputs of
-    ``rows_per_group`` rows cut to their longest, [(batch, row) of each])]. A row's outputs do not
-    depend on the padding after it (masked keys get weight 0), so each is computed as in its own
-    batch, on fewer padded tokens."""
+    ``rows_per_group`` rows padded or cut to their longest, [(batch, row) of each])]. A row's outputs
+    do not depend on the padding after it (masked keys get weight 0), so each is computed as in its
+    own batch, on fewer padded tokens. ``pad_id`` pads ``input_ids`` (every other 2-D input: 0)."""
     rows = []
     for i, b in enumerate(batches):
         mask = b.get("attention_mask")
@@ -190,9 +190,18 @@ def by_length(batches: list[dict], rows_per_group: int) -> list[tuple[dict, list
     for first in range(0, len(rows), rows_per_group):
         members = rows[first:first + rows_per_group]
         longest = max(1, -members[0][0])
-        inputs = {key: torch.stack([batches[i][key][r][:longest] if value.dim() == 2 else batches[i][key][r]
-                                    for _, i, r in members])
-                  for key, value in batches[0].items() if torch.is_tensor(value)}
+        inputs = {}
+        for key, value in batches[0].items():
+            if not torch.is_tensor(value):
+                continue
+            if value.dim() != 2:
+                inputs[key] = torch.stack([batches[i][key][r] for _, i, r in members])
+                continue
+            rows_ = value.new_full((len(members), longest), pad_id if key == "input_ids" else 0)
+            for j, (_, i, r) in enumerate(members):  # a row's own batch may be narrower than the group
+                row = batches[i][key][r][:longest]
+                rows_[j, :len(row)] = row
+            inputs[key] = rows_
         out.append((inputs, [(i, r) for _, i, r in members]))
     return out
 
@@ -224,7 +233,7 @@ def evaluate_pack(packed: PackedModel, runs: list[int], loaders: dict | list[dic
         labels = torch.cat([b["labels"] for b in batches]).cpu().tolist()
         inputs = [{k: v for k, v in send_to_device(b, device).items() if k != "labels"} for b in batches]
         size = max(len(b["input_ids"]) for b in inputs)
-        groups = (by_length(inputs, size) if all(right_padded(b) for b in inputs)
+        groups = (by_length(inputs, size, packed.pad_id) if all(right_padded(b) for b in inputs)
                   else [(b, [(i, r) for r in range(len(b["input_ids"]))]) for i, b in enumerate(inputs)])
         preds: list[dict] = [{} for _ in runs]  # (batch, row) -> prediction
         for group, where in tqdm(groups, disable=not progress, unit="batch", desc=f"{len(runs)} adapters on {split}",
