@@ -159,12 +159,12 @@ def test_presets_expand_offline(tmp_path):
     assert {r.config.variant for r in zoo.runs} | optional == set(adapters.names()) - conv_only
     assert sorted(r.config.options["optimizer"] for r in zoo.runs if r.config.variant == "lora") == sorted(
         ["adamw", "lora_pro", "altlora", "stable"])
-    quick = sweep.load_sweep("quick")  # the main job: 6 methods x 3 seeds, all 18 in one pack
+    quick = sweep.load_sweep("quick")  # the main job: 6 methods x 3 seeds, two packs of 9 at once
     assert sorted(r.config.variant for r in quick.runs) == sorted(
         [v for v in ("lora", "pissa", "lora_plus", "dora", "vera", "head") for _ in range(3)])
-    assert quick.pack == 18 and {r.config.seed for r in quick.runs} == {0, 1, 2}
+    assert quick.pack == 9 and quick.jobs == 2 and {r.config.seed for r in quick.runs} == {0, 1, 2}
     units, notes = packing.group(quick.runs, quick.pack)
-    assert [len(u) for u in units] == [18] and not notes  # every method of the main job packs
+    assert [len(u) for u in units] == [9, 9] and not notes  # every method of the main job packs
     glue = sweep.load_sweep("lora-roberta-glue")
     sst2 = [r.config for r in glue.runs if r.config.task == "sst2" and r.config.variant == "lora"]
     assert {(c.lr, c.epochs, c.batch_size, c.max_length) for c in sst2} == {(5e-4, 60.0, 16, 512)}
