@@ -58,13 +58,14 @@ def add_override_flags(p: argparse.ArgumentParser, config_cls: type = RunConfig)
     g.add_argument("--cpus-per-run", type=positive_int, default=1, help="CPUs each Ray task asks for [1]")
 
 
-def backend_runner(args: argparse.Namespace, sweep: Sweep | None = None) -> Callable[..., dict[str, str | None]]:
-    """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs)."""
+def backend_runner(args: argparse.Namespace, sweep: Sweep) -> Callable[..., dict[str, str | None]]:
+    """``run_sweep`` or the Ray runner the flags ask for (checked before anything runs). ``sweep``
+    holds the file's pack and jobs with the flags' overrides applied (``sweep_from_args``)."""
     backend = getattr(args, "backend", "local")
-    if backend == "ray" and max(getattr(args, "pack", None) or 1, sweep.pack if sweep else 1) > 1:
+    if backend == "ray" and sweep.pack > 1:
         raise SweepError("--pack (or the file's pack:) trains packs with the local backend; use pack 1 with "
                          "--backend ray, or the local backend")
-    if backend == "ray" and max(getattr(args, "jobs", None) or 1, sweep.jobs if sweep else 1) > 1:
+    if backend == "ray" and sweep.jobs > 1:
         raise SweepError("--jobs (or the file's jobs:) sets the local backend's processes at a time; Ray schedules "
                          "its own: use --cpus-per-run with --backend ray, or the local backend")
     if backend != "ray":

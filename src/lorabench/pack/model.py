@@ -57,18 +57,24 @@ EVAL_TOKEN_BUDGET = 4096
 Chunk = tuple[list[int], list[dict], list[tuple[torch.Tensor, tuple[int, int]]]]
 
 
+def rows_by_length(batches: list[dict]) -> list[tuple[int, int, int]]:
+    """Every row of ``batches`` as (-its real length, batch, row), sorted: longest first, then in
+    batch and row order (a batch without an attention mask: every row as wide as the batch)."""
+    rows = []
+    for j, b in enumerate(batches):
+        ids = b["input_ids"]
+        lengths = b["attention_mask"].sum(1).tolist() if "attention_mask" in b else [ids.shape[1]] * len(ids)
+        rows += [(-int(n), j, i) for i, n in enumerate(lengths)]
+    return sorted(rows)
+
+
 def chunks(runs: list[int], batches: list[dict], budget: int = TOKEN_BUDGET) -> list[Chunk]:
     """The rows of the runs' batches regrouped by length: [(runs in the chunk, their sub-batches,
     where those rows come from: (indices into the run's batch, (its rows, its width)))].
     Rows are sorted by real length, longest first, and cut into chunks of at most ``budget`` padded
     tokens (a chunk holds at least one row); within a chunk each run's rows keep their order and
     are cut to the chunk's longest row (right padding: the columns cut are padding for all)."""
-    rows = []
-    for j, b in enumerate(batches):
-        ids = b["input_ids"]
-        lengths = b["attention_mask"].sum(1).tolist() if "attention_mask" in b else [ids.shape[1]] * len(ids)
-        rows += [(-int(n), j, i) for i, n in enumerate(lengths)]
-    rows.sort()
+    rows = rows_by_length(batches)
     out, start = [], 0
     while start < len(rows):
         longest = -rows[start][0]
@@ -180,12 +186,7 @@ def by_length(batches: list[dict], rows_per_group: int, pad_id: int = 0) -> list
     ``rows_per_group`` rows padded or cut to their longest, [(batch, row) of each])]. A row's outputs
     do not depend on the padding after it (masked keys get weight 0), so each is computed as in its
     own batch, on fewer padded tokens. ``pad_id`` pads ``input_ids`` (every other 2-D input: 0)."""
-    rows = []
-    for i, b in enumerate(batches):
-        mask = b.get("attention_mask")
-        lengths = mask.sum(1).tolist() if mask is not None else [b["input_ids"].shape[1]] * len(b["input_ids"])
-        rows += [(-int(n), i, r) for r, n in enumerate(lengths)]
-    rows.sort()
+    rows = rows_by_length(batches)
     out = []
     for first in range(0, len(rows), rows_per_group):
         members = rows[first:first + rows_per_group]

@@ -278,7 +278,6 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
             lock.close()
 
 
-
 def run_parallel(units: list[list[PlannedRun]], out: Path, jobs: int, bar, estimate_s: float) -> dict[str, str]:
     """``units`` (runs or packs) ``jobs`` processes at a time, in plan order, each with its share of
     the CPU threads (``threads_per_job``); returns run id -> status. ``bar`` moves as runs finish and
