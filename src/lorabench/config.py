@@ -100,8 +100,10 @@ class RunConfig:
                                                 "(0.1 for the BERT family)", group=_WHAT, metavar="P")
     regularizer: str | None = setting(None, f"loss term against forgetting, head lm only: {', '.join(regularizers.names())}; "
                                             "NAME:weight=W sets its weight (unset: none)", group=_WHAT, metavar="NAME")
-    kind: str = setting("run", "what the run is: run (one adapter on one task), federated (clients and rounds) or "
-                               "prune (structured pruning with LoRA); a scenario's own settings go in --scenario",
+    kind: str = setting("run", "what the run is: run (one adapter on one task), federated (clients and rounds), "
+                               "prune (structured pruning with LoRA), recycle (an arm of adaptive merging over "
+                               "recycled LoRAs), segment (a U-Net arm) or merge (a pool of per-task LoRAs merged, "
+                               "one task evaluated); a scenario's own settings go in --scenario",
                         group=_WHAT, choices=kinds.KINDS)
     scenario: dict = setting(dict, "a setting of the scenario kind, e.g. --scenario method=ffa_lora --scenario "
                                    "beta=0.5 (federated), --scenario sparsity=0.5 (prune) (repeatable)",

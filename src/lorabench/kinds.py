@@ -12,7 +12,7 @@ declares here:
 - ``label``: the row a run is in the report, e.g. ``federated:ffa_lora (beta 0.5)``.
 
 The recipes (what a kind computes) live with the scenarios (``federated.recipe``,
-``pruning.recipe``); ``run.execute`` dispatches on ``kind``.
+``pruning.recipe``, ``merging.recipe``); ``run.execute`` dispatches on ``kind``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-KINDS = ("run", "federated", "prune", "recycle", "segment")
+KINDS = ("run", "federated", "prune", "recycle", "segment", "merge")
 
 _ONE_PROCESS = "the scenario runs in one process; drop it"
+_NO_TRAINING = "a merge trains nothing; drop it"
 #: kind -> {RunConfig field: why the kind cannot honour a value other than the default}
 REFUSES: dict[str, dict[str, str]] = {
     "run": {},
@@ -81,6 +82,19 @@ REFUSES: dict[str, dict[str, str]] = {
         "trust_remote_code": "the U-Net is lorabench's own code", "save_adapter": "a U-Net arm is not saved yet; drop it",
         "log_with": "a segmentation run writes no tracker files yet; drop it",
     },
+    "merge": {
+        **dict.fromkeys(("lr", "weight_decay", "epochs", "batch_size", "grad_accum", "warmup_ratio", "max_grad_norm",
+                         "train_limit", "group_by_length", "grad_checkpointing", "regularizer", "model_dropout",
+                         "eval_every", "log_every", "memory_budget"), _NO_TRAINING),
+        "val_size": "a merge selects nothing, so no split is held out; drop it",
+        "head": "each task's own saved head sits on the merged update; use --head cls",
+        "data": "the target is a pool task, named by --task", "text_column": "give the task as --task",
+        "label_column": "give the task as --task", "num_processes": _ONE_PROCESS,
+        "quantize": "the pool merges into full-precision weights; drop it",
+        "targets": "the pool's adapters decide the layers", "r": "the method decides the merged rank (scenario k)",
+        "alpha": "the merged update is stored at scale 1", "options": "the pool's adapters' options are theirs",
+        "log_with": "a merge run writes no tracker files; drop it",
+    },
 }
 
 
@@ -107,6 +121,10 @@ def settings(cfg: Any) -> Any:
         from .merging.recycle_settings import RecycleSettings
 
         return _make(RecycleSettings, cfg.scenario, "recycle")
+    if cfg.kind == "merge":
+        from .merging.merge_settings import MergeSettings
+
+        return _make(MergeSettings, cfg.scenario, "merge")
     if cfg.kind == "segment":
         from .segmentation.settings import SegmentSettings
 
@@ -159,6 +177,9 @@ def resolve(cfg: Any, defaults: dict[str, Any]) -> None:
     elif cfg.kind == "recycle":
         _decided(cfg, "variant", "lora", defaults, "the pool and a fresh LoRA are plain LoRA")
         cfg.scenario = made.record()
+    elif cfg.kind == "merge":
+        _decided(cfg, "variant", "lora", defaults, "a merge of LoRA-form adapters is a LoRA")
+        cfg.scenario = made.record()
     elif cfg.kind == "segment":
         _resolve_segment(cfg, made, defaults)
 
@@ -210,6 +231,10 @@ def label(config: dict) -> str:
         return f"prune:{s.get('method')}" + (f"@{s.get('sparsity'):g}" if s.get("sparsity") else "")
     if kind == "recycle":
         return f"recycle:{s.get('arm')} n{s.get('n_examples')}"
+    if kind == "merge":
+        density = f"@{s['density']:g}" if s.get("density") is not None else ""
+        k = f" k{s['k']}" if s.get("k") is not None else ""
+        return f"merge:{s.get('method')}{density}{k}" + (" weighted" if s.get("weights") else "")
     if kind == "segment":
         from .segmentation.settings import label as segment_label
 

@@ -40,6 +40,7 @@ from .errors import INPUT_ERRORS, ConfigError, RunFailed
 from .federated import recipe as federated_recipe
 from .launch import die_with_parent, launch
 from .measure import check_memory_budget, environment
+from .merging import recipe as merge_recipe
 from .merging import recycle as recycle_recipe
 from .outputs import check_output_folder
 from . import models
@@ -191,7 +192,7 @@ def finish(path: Path, result: dict[str, Any], error: BaseException | None, writ
 
 #: kind -> its recipe: ``run(cfg, result, progress=...)`` fills the result envelope in place.
 RECIPES = {"federated": federated_recipe.run, "prune": prune_recipe.run, "recycle": recycle_recipe.run,
-           "segment": segment_recipe.run}
+           "segment": segment_recipe.run, "merge": merge_recipe.run}
 
 
 def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import torch
 from ..adapter_files import read_json, repeated_folder, tensors_digest
 from ..adapters import registry
 from ..adapters.base import Variant
-from ..checkpoint import RULE_INFIX, read_adapter_config, read_adapter_tensors
+from ..checkpoint import CONFIG_NAME, RULE_INFIX, read_adapter_config, read_adapter_tensors
 from ..errors import AdapterFileError, VariantError
 from ..outputs import safe_name
 from . import concat, dare, lego, linear, ties  # noqa: F401  (register the methods)
@@ -122,6 +122,20 @@ def read_source(directory: str | Path) -> Source:
         factors[layer] = (B.detach().float(), A.detach().float())
     head = {k: v for k, v in tensors.items() if k not in owned and not k.startswith("lorabench_shared.")}
     return Source(directory, config, result, factors, head, content_digest(factors, head))
+
+
+def pool_folders(paths: list[str]) -> list[Path]:
+    """Each path is an adapter folder, or a folder whose ``run-*-adapter`` folders are the pool."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / CONFIG_NAME).is_file():
+            out.append(p)
+        elif p.is_dir() and sorted(p.glob("run-*-adapter")):
+            out.extend(sorted(p.glob("run-*-adapter")))
+        else:
+            raise AdapterFileError(f"scenario pool entry {p} is neither an adapter folder nor a folder holding "
+                                   "run-<id>-adapter folders (lorabench train --save-adapter); check the path")
+    return out
 
 
 def check_count(n: int) -> None:
@@ -215,9 +229,17 @@ def plan_merge(directories: list[str | Path], method: str, *, weights: list[floa
     adapters. The returned Merged has no factors yet (``compute``)."""
     cls = methods.get(method)
     check_count(len(directories))
-    weights, density = check_options(cls, len(directories), weights, density, k, seed)
+    check_options(cls, len(directories), weights, density, k, seed)
     check_distinct_folders(directories)
-    sources = [read_source(d) for d in directories]
+    return plan_sources([read_source(d) for d in directories], method, weights=weights, density=density, k=k,
+                        seed=seed)
+
+
+def plan_sources(sources: list[Source], method: str, *, weights: list[float] | None = None,
+                 density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
+    """``plan_merge`` of adapters already read (``read_source``)."""
+    cls = methods.get(method)
+    weights, density = check_options(cls, len(sources), weights, density, k, seed)
     check_sources(sources)
     rank = cls.rank([s.rank for s in sources], k)
     shapes = {layer: (B.shape[0], A.shape[1]) for layer, (B, A) in sources[0].factors.items()}

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from .. import inject, models
-from ..checkpoint import CONFIG_NAME
 from ..data import build_loaders, get_task
 from ..data.fingerprint import read_record
 from ..errors import AdapterFileError, ConfigError
@@ -49,22 +48,8 @@ from .adaptive import (
     learned_weights,
     random_like,
 )
-from .merge import Source, check_sources, read_source
+from .merge import Source, check_sources, pool_folders, read_source
 from .recycle_settings import LEARNS, RecycleSettings
-
-
-def pool_folders(paths: list[str]) -> list[Path]:
-    """Each path is an adapter folder, or a folder whose ``run-*-adapter`` folders are the pool."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if (p / CONFIG_NAME).is_file():
-            out.append(p)
-        elif p.is_dir() and sorted(p.glob("run-*-adapter")):
-            out.extend(sorted(p.glob("run-*-adapter")))
-        else:
-            raise AdapterFileError(f"scenario pool entry {p} is neither an adapter folder nor a folder holding "
-                                   "run-<id>-adapter folders (lorabench train --save-adapter); check the path")
-    return out
 
 
 def read_pool(paths: list[str], target: str, hold_out: bool) -> tuple[list[Source], list[str]]:

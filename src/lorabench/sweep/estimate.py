@@ -79,10 +79,27 @@ def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: boo
             rate *= alias.layers / cfg.layers
         if _cuda() if gpu is None else gpu:
             rate *= ASSUMED_GPU_SPEEDUP
-    steps = train_n * cfg.epochs / (cfg.batch_size * cfg.grad_accum)
-    evals = steps / cfg.eval_every if cfg.eval_every else max(1.0, float(cfg.epochs))
+    trained, evals = scenario_work(cfg)
+    if trained is None:
+        steps = train_n * cfg.epochs / (cfg.batch_size * cfg.grad_accum)
+        trained = train_n * cfg.epochs
+        evals = steps / cfg.eval_every if cfg.eval_every else max(1.0, float(cfg.epochs))
     load_s = (alias and alias.load_s) or LOAD_OTHER_S
-    return load_s + train_n * cfg.epochs / rate + evals * dev_n / (EVAL_SPEEDUP * rate)
+    return load_s + trained / rate + evals * dev_n / (EVAL_SPEEDUP * rate)
+
+
+def scenario_work(cfg: Any) -> tuple[float | None, float]:
+    """(training examples, dev evaluations) of a scenario kind whose work is not the run's epochs
+    over its training set; (None, 0) where it is. merge: nothing trains, three evaluations (merged,
+    own, no adapter); recycle: ``steps`` batches of at most N examples (best_single: per pool
+    adapter, counted as five), one evaluation."""
+    kind, s = getattr(cfg, "kind", "run"), getattr(cfg, "scenario", None) or {}
+    if kind == "merge":
+        return 0.0, 3.0
+    if kind == "recycle":
+        per_arm = s.get("steps", 100) * min(cfg.batch_size, s.get("n_examples", 64))
+        return per_arm * (5 if s.get("arm") == "best_single" else 1), 1.0
+    return None, 0.0
 
 
 def _cuda() -> bool:

@@ -66,6 +66,7 @@ import yaml
 from ..config import RunConfig, parse_yaml
 from ..data.glue import get_task, resolve_source, task_key
 from ..errors import ConfigError, DataError, SweepError
+from ..kinds import REFUSES
 from ..outputs import safe_name
 from ..pack import plan as packing
 
@@ -113,7 +114,7 @@ class PlannedRun:
 
     def describe(self) -> str:
         c = self.config
-        shown = {"lr": c.lr} | self.hyper  # the learning rate always, then the grid point
+        shown = ({} if "lr" in REFUSES[c.kind] else {"lr": c.lr}) | self.hyper  # lr unless the kind has none
         hyper = " ".join(f"{k}={_short(v)}" for k, v in shown.items())
         return f"{self.run_id}  {c.model}  {c.task_spec().name}  {c.method()}  {hyper}  seed={c.seed}"
 
@@ -238,6 +239,10 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
                              f"e.g. seeds: [0, 1, 2]; valid keys: {', '.join(grid_keys)}")
         block = _check_keys(where, block, grid_keys)
         axes = _grid_axes(where, block)
+        beaten = [path[0] for path, _ in axes if len(path) == 1 and path[0] in overrides]
+        if beaten:
+            notes.append(f"{where}: the flag --{', --'.join(p.replace('_', '-') for p in beaten)} replaces the grid "
+                         f"of {', '.join(beaten)}")
         points = list(itertools.product(*[c for _, c in axes]))
         block_runs = []
         try:
@@ -263,7 +268,7 @@ def plan(spec: Any, overrides: dict | None = None, *, name: str = "sweep", out: 
                     cfg = config_cls.from_dict(d)
                 except ConfigError as e:
                     raise SweepError(f"{where} (model {model}, task {task}, seed {seed}): {e}") from None
-                hyper = {path[-1]: v for path, v in point.items()}
+                hyper = {path[-1]: v for path, v in point.items() if not (len(path) == 1 and path[0] in overrides)}
                 try:
                     rid = cfg.run_id()  # reads the data fingerprint: a missing split file stops the plan
                 except DataError as e:
