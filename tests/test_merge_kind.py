@@ -62,7 +62,7 @@ def test_a_merge_config_resolves_and_refuses_what_it_cannot_honour(pool, tmp_pat
         "merge:linear weighted"
     assert cfg.run_id({}) != cfg_of(pool, tmp_path, scenario={"density": 0.5}).run_id({})
     for over, needle in (({"lr": 1e-3}, "--lr"), ({"epochs": 2}, "--epochs"), ({"r": 4}, "--r"),
-                         ({"log_with": "tensorboard"}, "--log-with"), ({"scenario": {"method": "avg"}}, "unknown merge"),
+                         ({"scenario": {"method": "avg"}}, "unknown merge"),
                          ({"scenario": {"method": "linear", "density": 0.3}}, "takes no scenario density"),
                          ({"scenario": {"density": 0}}, "density must be in"), ({"variant": "dora"}, "sets variant")):
         with pytest.raises(ConfigError, match=needle):

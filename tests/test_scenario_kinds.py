@@ -48,8 +48,7 @@ def test_a_scenario_config_is_complete_and_round_trips():
     ({"kind": "federated"}, "needs scenario.method"),
     ({"kind": "federated", "scenario": {"method": "fedavg", "rounds": 0}}, "--rounds"),
     ({"kind": "federated", "scenario": {"method": "fedavg", "colour": 1}}, "'colour' is not a federated setting"),
-    ({"kind": "federated", "scenario": {"method": "fedavg"}, "save_adapter": True}, "--save-adapter"),
-    ({"kind": "federated", "scenario": {"method": "fedavg"}, "log_with": "tensorboard"}, "--log-with"),
+    ({"kind": "prune", "scenario": {"method": "loraprune"}, "save_adapter": True}, "--save-adapter"),
     ({"kind": "federated", "scenario": {"method": "fedavg"}, "epochs": 2}, "local_epochs"),
     ({"kind": "prune", "scenario": {"method": "lora", "sparsity": 0.5}}, "does not prune"),
     ({"kind": "prune", "scenario": {"method": "loraprune", "sparsity": 1.5}}, "sparsity must be in"),
@@ -94,6 +93,38 @@ def test_a_diverged_run_of_any_kind_is_recorded_and_never_picked(kind, tmp_path)
     runs = selection.load_runs(tmp_path)
     assert [r.status for r in runs] == ["diverged"] and runs[0].metric is None  # never a number in a table
     assert not selection.select_best(selection.configurations(runs))
+
+
+@needs_glue
+@pytest.mark.parametrize("kind", ["federated", "prune"])
+def test_a_scenario_kind_logs_its_curve_to_a_tracker(kind, tmp_path):
+    cfg = RunConfig.from_dict({**TINY, "kind": kind, "scenario": SCENARIOS[kind], "log_with": "tensorboard",
+                               "out": str(tmp_path)})
+    result = run.execute(cfg, progress=False)
+    assert result["status"] == "ok"
+    events = list((tmp_path / "tracking" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert "train/loss" in tags and "eval/validation/accuracy" in tags and "summary/time/train_s" in tags
+
+
+@needs_glue
+def test_a_federated_run_saves_its_global_adapter(tmp_path):
+    from lorabench.pack.eval import evaluate_adapters
+
+    cfg = RunConfig.from_dict({**TINY, "kind": "federated", "scenario": SCENARIOS["federated"], "save_adapter": True,
+                               "out": str(tmp_path)})
+    result = run.execute(cfg, progress=False)
+    folder = tmp_path / f"run-{result['run_id']}-adapter"
+    assert result["status"] == "ok" and result["adapter_bytes"] > 0 and folder.is_dir()
+    [row] = evaluate_adapters([folder], "sst2", data_dir=str(GLUE), eval_limit=32, max_length=32)
+    assert row["metrics"]["validation"] == pytest.approx(result["final"]["metrics"]["validation"], abs=1e-6)
 
 
 # ---- one sweep, one report -----------------------------------------------------------------------

@@ -17,15 +17,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kinds, plugins, units
+from . import kind_config, kinds, plugins, units
 from .adapters import registry
-from .regularizers import registry as regularizers
 from .choices import HEADS, LOG_WITH, POOLINGS, PRECISIONS, QUANT_TYPES
+from .config_types import coerce, match_option_types
 from .data.fingerprint import fingerprint_of
 from .data.glue import get_task, inline_task, locate
 from .errors import ConfigError, DataError, VariantError
 from .ids import canonical, run_id
-from .config_types import coerce, match_option_types
+from .regularizers import registry as regularizers
 from .yamlio import YAMLLoader, load_yaml, parse_yaml  # noqa: F401  (config.load_yaml: read a run file)
 
 _NAME = re.compile(r"[\w.\-]+")
@@ -100,10 +100,8 @@ class RunConfig:
                                                 "(0.1 for the BERT family)", group=_WHAT, metavar="P")
     regularizer: str | None = setting(None, f"loss term against forgetting, head lm only: {', '.join(regularizers.names())}; "
                                             "NAME:weight=W sets its weight (unset: none)", group=_WHAT, metavar="NAME")
-    kind: str = setting("run", "what the run is: run (one adapter on one task), federated (clients and rounds), "
-                               "prune (structured pruning with LoRA), recycle (an arm of adaptive merging over "
-                               "recycled LoRAs), segment (a U-Net arm) or merge (a pool of per-task LoRAs merged, "
-                               "one task evaluated); a scenario's own settings go in --scenario",
+    kind: str = setting("run", "what the run is: run (one adapter, one task) or a scenario (federated, prune, "
+                               "recycle, segment, merge, mixture: lorabench.kinds); its settings go in --scenario",
                         group=_WHAT, choices=kinds.KINDS)
     scenario: dict = setting(dict, "a setting of the scenario kind, e.g. --scenario method=ffa_lora --scenario "
                                    "beta=0.5 (federated), --scenario sparsity=0.5 (prune) (repeatable)",
@@ -213,7 +211,7 @@ class RunConfig:
         self.budget_bytes()  # raises on a bad size string
         self._resolve_task()
         self._load_plugins()
-        kinds.resolve(self, DEFAULTS)  # before the variant: a scenario kind may decide it
+        kind_config.resolve(self, DEFAULTS)  # before the variant: a scenario kind may decide it
         variant = _variant(self.variant)
         self.variant = variant.name
         self.variant_options()  # the variant validates its own options
@@ -254,7 +252,7 @@ class RunConfig:
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Validate ``data`` completely (keys, types, ranges, task, variant, options)."""
         check(isinstance(data, dict), f"a run config must be a mapping of settings, got {type(data).__name__}")
         valid = [f.name for f in dataclasses.fields(cls)]
@@ -335,12 +333,14 @@ class RunConfig:
 
     def method(self) -> str:
         """The row this run is in the report: the variant, or a scenario's label (``kinds.label``)."""
-        return kinds.label({"kind": self.kind, "scenario": self.scenario, "variant": self.variant})
+        return kinds.label({"kind": self.kind, "scenario": self.scenario, "variant": self.variant,
+                            "task": self.task_spec().name})
 
     def data_fingerprint(self) -> dict[str, Any]:
         """What data the run reads (``data.fingerprint``): the checksums of its split files, or the
         hub dataset and revision. Hashed into the run id with ``resolved()``, recorded as ``data``."""
-        return fingerprint_of(locate(self.data_dir, self.task, self.data_revision), get_task(self.task))
+        own = fingerprint_of(locate(self.data_dir, self.task, self.data_revision), get_task(self.task))
+        return own | kind_config.trained_with(self, own)  # a mixture's other tasks: {"with": ...}
 
     def run_id(self, data: dict[str, Any] | None = None) -> str:
         """sha256 of the resolved config and the data fingerprint (computed when not given)."""

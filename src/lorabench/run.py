@@ -42,6 +42,7 @@ from .launch import die_with_parent, launch
 from .measure import check_memory_budget, environment
 from .merging import recipe as merge_recipe
 from .merging import recycle as recycle_recipe
+from .mixtures import recipe as mixture_recipe
 from .outputs import check_output_folder
 from . import models
 from .pruning import recipe as prune_recipe
@@ -192,7 +193,8 @@ def finish(path: Path, result: dict[str, Any], error: BaseException | None, writ
 
 #: kind -> its recipe: ``run(cfg, result, progress=...)`` fills the result envelope in place.
 RECIPES = {"federated": federated_recipe.run, "prune": prune_recipe.run, "recycle": recycle_recipe.run,
-           "segment": segment_recipe.run, "merge": merge_recipe.run}
+           "segment": segment_recipe.run, "merge": merge_recipe.run,
+           "mixture": mixture_recipe.run}
 
 
 def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -212,6 +214,8 @@ def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progre
     except Exception as e:
         (result["status"], result["error"]), error = crash(e), e
     result["finished_at"] = results.now()
+    with trackers.open_run(cfg, rid) as tracker:  # the recorded curve, whatever the outcome
+        tracker.log_record(result)
     return finish(path, result, error)
 
 

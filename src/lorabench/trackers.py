@@ -11,6 +11,7 @@
 What is logged (the keys are the same in every tracker):
 
     every optimizer step     train/loss, train/lr, train/examples_per_s, train/tokens_per_s
+                             (a scenario kind: its recorded train/loss points, logged when it ends)
     every evaluation         eval/<split>/<metric>
     at the end               summary/params/trainable ... summary/time/train_s ... summary/memory/... (the
                              result JSON's params, time and memory), and the resolved config as hyperparameters
@@ -125,6 +126,19 @@ class RunTracker:
         hyper = flat(result["config"]) | {"run_id": result["run_id"], "status": result["status"]}
         for t in self.trackers:
             t.store_init_configuration(hyper)
+
+    def log_record(self, result: dict) -> None:
+        """A finished scenario run's recorded curve (``train_loss`` [[step, loss]] as train/loss, each
+        ``history`` entry as its evaluation), then ``log_result``: the keys a trained run logs, at the
+        granularity the scenario records, written once it ends."""
+        if not self.trackers:
+            return
+        for step, loss in result.get("train_loss") or []:
+            self.log({"train/loss": loss}, int(step))
+        for entry in result.get("history") or []:
+            if entry.get("metrics"):
+                self.log_evaluation(entry)
+        self.log_result(result)
 
     def close(self) -> None:
         trackers, self.trackers = self.trackers, []

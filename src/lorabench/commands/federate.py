@@ -108,7 +108,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunConfig, FedSettings
         if key in data:
             raise ConfigError(f"{key} is not a federated run setting ({'--local-epochs' if key == 'epochs' else 'set by the method'}); "
                               "remove it from the config")
-    data["kind"], data["scenario"] = "federated", fed  # the variant and epochs follow (``kinds.resolve``)
+    data["kind"], data["scenario"] = "federated", fed  # the variant and epochs follow (``kind_config.resolve``)
     cfg = RunConfig.from_dict(data)
     if cfg.train_limit is not None and settings.clients > cfg.train_limit:
         raise ConfigError(f"--clients {settings.clients} is more than --train-limit {cfg.train_limit} examples: every "

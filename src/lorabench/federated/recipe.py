@@ -8,15 +8,19 @@ reported dev split; ``metric.selected_on`` is "last"); ``time.train_s`` is the r
 without the server's evaluations; ``details`` is the simulation's record (split, rounds with bytes and
 aggregation error, bytes in all). A client or global model that diverges stops the run as
 ``diverged`` with the round and client in ``details.diverged_at``; the rounds before it are kept.
+``--save-adapter`` saves the global model's adapter and head after the last round beside the result
+(``run-<id>-adapter``), where ``lorabench eval`` and ``lorabench merge`` read it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import inject
+from ..checkpoint import save_adapter
 from ..measure import peak_memory, reset_peak_memory
 from .settings import FedSettings
 from .simulate import HEADS, simulate
@@ -48,3 +52,6 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
     })
     result["metric"] = {"name": result["primary_metric"], "selected_on": "last",
                         "reported_on": next(iter(point["metrics"]), None)}
+    if cfg.save_adapter and record["status"] == "ok":  # the global model after the last round
+        folder = save_adapter(model, Path(cfg.out) / f"run-{result['run_id']}-adapter")
+        result["adapter_bytes"] = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())

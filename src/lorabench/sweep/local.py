@@ -190,6 +190,9 @@ def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None 
     ``stop`` as ``run_logged`` takes them."""
     started = results.now()
     paths = {r.run_id: results.result_path(out, r.run_id) for r in unit}
+    found = {rid: results.status_of(path) for rid, path in paths.items()}
+    if all(status == "ok" for status in found.values()):  # written since the plan, e.g. by a mixture's sibling
+        return found, out / "logs" / f"run-{unit[0].run_id}.log"
     before = {rid: results.file_stamp(path) for rid, path in paths.items()}
     if len(unit) == 1:
         rc, log = execute_in_subprocess(unit[0], out, env, stop)
@@ -217,6 +220,26 @@ def run_unit(unit: list[PlannedRun], out: Path, poll: Callable[[], None] | None 
     return statuses, log
 
 
+def trained_together(todo: list[PlannedRun]) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """(the runs to start, the runs another of them writes): a mixture run trains every task of its
+    ``scenario.tasks`` and writes each task's result (``mixtures.recipe``), so of the runs that differ
+    only in their task within one mixture, the first starts and the others are its siblings."""
+    first: dict[str, PlannedRun] = {}
+    start, covered = [], []
+    for run in todo:
+        c = run.config
+        if c.kind != "mixture" or len(c.scenario.get("tasks") or []) < 2:
+            start.append(run)
+            continue
+        key = json.dumps({**c.resolved(), "task": None}, sort_keys=True, default=str)
+        if key in first:
+            covered.append(run)
+        else:
+            first[key] = run
+            start.append(run)
+    return start, covered
+
+
 def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) -> dict[str, str | None]:
     """Run every planned run not done yet, one process after another or ``sweep.jobs`` at a time
     (``run_parallel``); returns run id -> status."""
@@ -232,6 +255,7 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
         bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), unit="run", disable=quiet,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         spent = 0.0
+        todo, covered = trained_together(todo)
         units, _ = packing.group(todo, sweep.pack)
         i = 0
         try:
@@ -271,6 +295,8 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
             write_manifest(sweep, statuses, "interrupted")
             raise
         bar.close()
+        for run in covered:  # written by the run that trained them, or recorded as missing
+            statuses[run.run_id] = results.status_of(results.result_path(out, run.run_id))
         write_manifest(sweep, statuses)
         return statuses
     finally:
