@@ -18,7 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Folders under docs/ that hold no guide pages: generated study outputs and this code.
-NOT_GUIDE = ("fair", "fair-agnews", "federated", "quick", "recycle-glue", "scenarios", "unet-transfer", "zoo", "gen")
+#: docs/ folders that are not guide pages: the generators, and the study folders (each holds its committed
+#: runs/, whose READMEs show the commands that made them: run by nobody's test, they would rewrite them).
+NOT_GUIDE = ("gen", "zoo")  # zoo: a study folder without a runs/ folder
+
+
+def not_guide(root: Path = ROOT) -> set[str]:
+    return set(NOT_GUIDE) | {d.name for d in (root / "docs").iterdir() if (d / "runs").is_dir()}
 RUN_LANGS = {"python": "python", "py": "python", "bash": "shell", "console": "shell", "sh": "shell",
              "shell": "shell"}
 MARK = re.compile(r"^<!-- (not run|run with):(.*?)-->$")
@@ -47,8 +53,9 @@ class Block:
 def guide_pages(root: Path = ROOT) -> list[Path]:
     """README.md and every Markdown page of docs/ outside the study folders."""
     pages = [root / "README.md"]
+    skip = not_guide(root)
     for page in sorted((root / "docs").rglob("*.md")):
-        if page.relative_to(root / "docs").parts[0] not in NOT_GUIDE:
+        if page.relative_to(root / "docs").parts[0] not in skip:
             pages.append(page)
     return pages
 
