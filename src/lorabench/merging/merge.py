@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,12 @@ import torch
 from ..adapter_files import read_json, repeated_folder, tensors_digest
 from ..adapters import registry
 from ..adapters.base import Variant
-from ..checkpoint import CONFIG_NAME, RULE_INFIX, read_adapter_config, read_adapter_tensors
+from ..checkpoint import (
+    CONFIG_NAME,
+    RULE_INFIX,
+    read_adapter_config,
+    read_adapter_tensors,
+)
 from ..errors import AdapterFileError, VariantError
 from ..outputs import safe_name
 from . import concat, dare, lego, linear, ties  # noqa: F401  (register the methods)
@@ -201,35 +205,13 @@ class Merged:
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_options(method: type, n: int, weights: list[float] | None, density: float | None, k: int | None,
-                  seed: int | None) -> tuple[list[float], float | None]:
-    """The weights and density to use, or a VariantError naming the bad option and the fix."""
-    given = {"density": density, "k": k, "seed": seed}
-    extra = [f"--{name}" for name, v in given.items() if v is not None and name not in method.uses]
-    if extra:
-        takes = ", ".join(f"--{u}" for u in sorted(method.uses)) or "only --weights"
-        raise VariantError(f"method {method.name!r} takes no {', '.join(extra)} (it takes {takes}); drop the flag")
-    if weights is not None and len(weights) != n:
-        raise VariantError(f"--weights has {len(weights)} values for {n} adapters; give one weight per adapter")
-    if weights is not None and not all(math.isfinite(w) for w in weights):
-        raise VariantError(f"--weights must be finite numbers, got {' '.join(map(str, weights))}; give one finite "
-                           "weight per adapter, e.g. --weights 0.5 0.5")
-    if "density" in method.uses:
-        density = method.default_density if density is None else density
-        if not 0.0 < density <= 1.0:
-            raise VariantError(f"--density must be in (0, 1] (the fraction of each update's entries kept), got {density}")
-    if k is not None and k < 1:
-        raise VariantError(f"--k must be a positive integer (the merged rank), got {k}")
-    return (method.default_weights(n) if weights is None else list(weights)), density
-
-
 def plan_merge(directories: list[str | Path], method: str, *, weights: list[float] | None = None,
                density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
     """Every check of a merge, no compute: the options (before any file is read), then the
     adapters. The returned Merged has no factors yet (``compute``)."""
     cls = methods.get(method)
     check_count(len(directories))
-    check_options(cls, len(directories), weights, density, k, seed)
+    methods.check_options(cls, len(directories), weights, density, k, seed)
     check_distinct_folders(directories)
     return plan_sources([read_source(d) for d in directories], method, weights=weights, density=density, k=k,
                         seed=seed)
@@ -239,7 +221,7 @@ def plan_sources(sources: list[Source], method: str, *, weights: list[float] | N
                  density: float | None = None, k: int | None = None, seed: int | None = None) -> Merged:
     """``plan_merge`` of adapters already read (``read_source``)."""
     cls = methods.get(method)
-    weights, density = check_options(cls, len(sources), weights, density, k, seed)
+    weights, density = methods.check_options(cls, len(sources), weights, density, k, seed)
     check_sources(sources)
     rank = cls.rank([s.rank for s in sources], k)
     shapes = {layer: (B.shape[0], A.shape[1]) for layer, (B, A) in sources[0].factors.items()}

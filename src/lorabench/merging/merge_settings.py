@@ -41,23 +41,17 @@ class MergeSettings:
             cls = methods.get(self.method)
         except VariantError as e:
             raise ConfigError(f"scenario method: {e}") from None
-        given = {"density": self.density, "k": self.k}
-        extra = [n for n, v in given.items() if v is not None and n not in cls.uses]
-        if extra:
-            raise ConfigError(f"merge method {cls.name} takes no scenario {', '.join(extra)} (it reads "
-                              f"{', '.join(sorted(cls.uses & set(given))) or 'only weights'}); drop it")
         if self.weights is not None:
             self.weights = _numbers(self.weights)
-        if "density" in cls.uses:
-            self.density = cls.default_density if self.density is None else float(coerce("scenario density",
-                                                                                          self.density, float))
-            if not 0.0 < self.density <= 1.0:
-                raise ConfigError(f"scenario density must be in (0, 1] (the fraction of each update's entries kept), "
-                                  f"got {self.density}")
+        if self.density is not None:
+            self.density = float(coerce("scenario density", self.density, float))
         if self.k is not None:
             self.k = coerce("scenario k", self.k, int)
-            if self.k < 1:
-                raise ConfigError(f"scenario k must be a positive integer (the merged rank), got {self.k}")
+        try:  # the checks of lorabench merge's flags, named as scenario settings
+            _, self.density = methods.check_options(cls, None, self.weights, self.density, self.k, None,
+                                                    prefix="scenario ")
+        except VariantError as e:
+            raise ConfigError(str(e)) from None
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
