@@ -105,3 +105,8 @@ def repeated_folder(directories: Iterable[str | os.PathLike]) -> tuple[str, str]
             return seen[key], str(d)
         seen[key] = str(d)
     return None
+
+
+def folder_bytes(directory: str | os.PathLike) -> int:
+    """The size on disk of every file under ``directory`` (a saved adapter's ``adapter_bytes``)."""
+    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())

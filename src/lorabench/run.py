@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from . import distributed, forgetting, fourbit, inject, plugins, quant, regularizers, results, trackers
+from .adapter_files import folder_bytes
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
 from .data import build_loaders, get_task
@@ -48,10 +49,6 @@ from . import models
 from .pruning import recipe as prune_recipe
 from .segmentation import recipe as segment_recipe
 from .train import TrainState, first_batches, fit, set_seed
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def load_base(cfg: RunConfig):
@@ -235,7 +232,7 @@ def save_run_adapter(cfg: RunConfig, rid: str, model) -> int:
     """Save the trained adapter beside the result; its size on disk in bytes."""
     adapter_dir = Path(cfg.out) / f"run-{rid}-adapter"
     save_adapter(model, adapter_dir)
-    return _dir_bytes(adapter_dir)
+    return folder_bytes(adapter_dir)
 
 
 def result_of(cfg: RunConfig, rid: str, data: dict, started: str, task, model, state: TrainState, train_loader,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .. import inject
+from ..adapter_files import folder_bytes
 from ..checkpoint import save_adapter
 from ..measure import peak_memory, reset_peak_memory
 from .settings import FedSettings
@@ -54,4 +55,4 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
                         "reported_on": next(iter(point["metrics"]), None)}
     if cfg.save_adapter and record["status"] == "ok":  # the global model after the last round
         folder = save_adapter(model, Path(cfg.out) / f"run-{result['run_id']}-adapter")
-        result["adapter_bytes"] = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        result["adapter_bytes"] = folder_bytes(folder)

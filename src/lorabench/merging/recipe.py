@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .. import models
+from ..adapter_files import folder_bytes
 from ..data import get_task
 from ..data.batching import dev_loaders
 from ..data.fingerprint import read_record
@@ -132,7 +133,7 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
     if cfg.save_adapter:
         info = {"method": merged.method, **merged.options(), "sources": [str(x.directory) for x in sources]}
         folder = write_adapter(Path(cfg.out) / f"run-{result['run_id']}-adapter", own, merged.factors, merged.rank, info)
-        adapter_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        adapter_bytes = folder_bytes(folder)
     result.update({
         "status": "ok" if error is None else "diverged", "error": error, "best": point, "final": dict(point),
         "history": [point], "adapter_bytes": adapter_bytes,

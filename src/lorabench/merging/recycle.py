@@ -24,7 +24,6 @@ cosine schedule with 10% warmup is replaced by its linear warmup (``--warmup-rat
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ import torch
 from .. import inject, models
 from ..data import build_loaders, get_task
 from ..data.fingerprint import read_record
-from ..errors import AdapterFileError, ConfigError
+from ..errors import ConfigError
 from ..precision import autocast
 from ..results import TIME_KEYS
 from ..seeding import set_seed
