@@ -340,7 +340,7 @@ class RunConfig:
         """What data the run reads (``data.fingerprint``): the checksums of its split files, or the
         hub dataset and revision. Hashed into the run id with ``resolved()``, recorded as ``data``."""
         own = fingerprint_of(locate(self.data_dir, self.task, self.data_revision), get_task(self.task))
-        return own | kind_config.trained_with(self, own)  # a mixture's other tasks: {"with": ...}
+        return own | kind_config.trained_with(self)  # a mixture's other tasks: {"with": ...}
 
     def run_id(self, data: dict[str, Any] | None = None) -> str:
         """sha256 of the resolved config and the data fingerprint (computed when not given)."""

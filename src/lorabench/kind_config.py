@@ -10,7 +10,8 @@ import dataclasses
 from typing import Any
 
 from . import kinds
-from .data.glue import get_task
+from .data.fingerprint import fingerprint_of
+from .data.glue import get_task, locate
 from .errors import ConfigError
 from .kinds import KINDS, REFUSES, check_kind
 
@@ -145,12 +146,9 @@ def _decided(cfg: Any, name: str, value: Any, defaults: dict[str, Any], why: str
     setattr(cfg, name, value)
 
 
-def trained_with(cfg: Any, own: dict) -> dict:
+def trained_with(cfg: Any) -> dict:
     """The data fingerprint's part for the tasks a run trains on besides its own (a mixture's other
     ``scenario.tasks``): {"with": {task: fingerprint}}, or {} for every other run."""
-    from .data.fingerprint import fingerprint_of
-    from .data.glue import locate
-
     others = [t for t in kinds.co_tasks(cfg) if t != get_task(cfg.task).name]
     if not others:
         return {}

@@ -22,7 +22,6 @@ from typing import Any
 
 from .. import results
 from ..data.fingerprint import read_record
-from ..errors import ConfigError
 from ..results import TIME_KEYS
 from . import registry
 from .build import build
@@ -89,21 +88,18 @@ def envelope(result: dict, task: str, summary: dict, built: Any, mcfg: Any, trai
 def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
     """Train the mixture of ``cfg`` (kind mixture); fill ``result`` and write each sibling's envelope."""
     s = MixtureSettings(**cfg.scenario)
-    tasks = s.task_list(cfg.task)
-    if cfg.task not in tasks:
-        raise ConfigError(f"task {cfg.task} is not among scenario tasks ({', '.join(tasks)}); a mixture run reports "
-                          f"one of the tasks it trains: add it, e.g. --scenario tasks={','.join([*tasks, cfg.task])}")
+    tasks = s.task_list(cfg.task)  # the run's own task among them (``kind_config.resolve``)
     mcfg = mixture_config(cfg, s)
     experts = read_experts(mcfg.experts_from) if mcfg.experts_from else None  # checked before the model loads
     others = {t: sibling(cfg, t) for t in tasks if t != cfg.task}
-    ids = {t: c.run_id() for t, c in others.items()}  # their data read before any compute
+    data = {t: c.data_fingerprint() for t, c in others.items()}  # their data read before any compute
+    ids = {t: c.run_id(data[t]) for t, c in others.items()}
     trained_with = {cfg.task: result["run_id"], **ids}
     built = build(mcfg, experts, progress=not cfg.quiet)
     summary = fit(built.model, built.train, built.dev, mcfg, progress=progress)
     envelope(result, cfg.task, summary, built, mcfg, trained_with)
     for task, other in others.items():
-        data = other.data_fingerprint()
-        twin = results.new_result(ids[task], other.resolved(), data=data,
+        twin = results.new_result(ids[task], other.resolved(), data=data[task],
                                   primary_metric=built.model.specs[task].primary_metric, env=dict(result["env"]),
                                   started_at=result["started_at"])
         twin["plugins"] = result.get("plugins")

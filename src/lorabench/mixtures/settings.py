@@ -53,8 +53,6 @@ class MixtureSettings:
             raise ConfigError(f"scenario sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"scenario temperature must be a number > 0, got {self.temperature!r}")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"scenario tasks names a task twice ({self.tasks}); name each task once")
         if self.method == "lora":
             given = [n for n in ("rsl_weight", "samples") if getattr(self, n) is not None] + \
                 (["experts_from"] if self.experts_from else [])

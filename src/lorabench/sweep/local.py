@@ -250,12 +250,13 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
     lock = lock_folder(out)
     try:
         statuses, todo = start(sweep, out, retry_failed)
+        todo, covered = trained_together(todo)  # before the estimates and the bar: covered runs never start
         rates = measured_rates(out)
         estimates = [estimate_seconds(r.config, rates) for r in todo]
-        bar = tqdm(total=len(sweep.runs), initial=len(sweep.runs) - len(todo), unit="run", disable=quiet,
+        total = len(sweep.runs) - len(covered)
+        bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=quiet,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         spent = 0.0
-        todo, covered = trained_together(todo)
         units, _ = packing.group(todo, sweep.pack)
         i = 0
         try:
@@ -287,7 +288,7 @@ def run_sweep(sweep: Sweep, *, retry_failed: bool = False, quiet: bool = False) 
                 for run in unit:
                     if got[run.run_id] != "ok":
                         bar.write(f"{got[run.run_id]}: {run.describe()} (log: {log})")
-                bar.n = len(sweep.runs) - len(todo) + i + len(unit)
+                bar.n = total - len(todo) + i + len(unit)
                 bar.refresh()
                 i += len(unit)
         except KeyboardInterrupt:
