@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_pool import save_random_lora
 
-import lorabench
-from lorabench import models, results, run
-from lorabench.adapters.base import adapted_layers
+from lorabench import results, run
 from lorabench.config import RunConfig
-from lorabench.data import get_task
 from lorabench.errors import ConfigError
 from lorabench.merging import merge_adapters
 from lorabench.merging.write import write_merged
@@ -33,17 +31,9 @@ ADAPTERS = (("mrpc", 0), ("cola", 0), ("sst2", 0), ("sst2", 1))
 def pool(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pool")
     for i, (task, seed) in enumerate(ADAPTERS):
-        torch.manual_seed(seed)
-        model = models.load_model("minilm", get_task(task), layers=1)[0]
-        lorabench.apply(model, "lora", targets=["query", "value"], r=4, alpha=8.0)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for _, layer in adapted_layers(model):
-                for p in layer.adapter.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.15)
         name = f"{task}-{seed}"
-        lorabench.save_adapter(model, root / f"run-{name}-adapter")
-        (root / f"run-{name}.json").write_text(json.dumps({"task": task, "run_id": name, "config": {"seed": seed}}))
+        save_random_lora(root, name, task, model_seed=seed, factor_seed=i,
+                         result={"task": task, "run_id": name, "config": {"seed": seed}})
     return root
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_pool import save_random_lora
 
-import lorabench
 from lorabench import models, results, run
-from lorabench.adapters.base import adapted_layers
 from lorabench.config import RunConfig
 from lorabench.data import get_task
 from lorabench.errors import ConfigError
@@ -44,15 +43,7 @@ def tiny(task: str = "sst2", seed: int = 0):
 def pool(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pool")
     for i, task in enumerate(TASKS):
-        model = tiny(task)
-        lorabench.apply(model, "lora", targets=["query", "value"], r=4, alpha=8.0)
-        g = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for _, layer in adapted_layers(model):
-                for p in layer.adapter.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.15)
-        lorabench.save_adapter(model, root / f"run-{task}-adapter")
-        (root / f"run-{task}.json").write_text(json.dumps({"task": task, "run_id": task}))
+        save_random_lora(root, task, task, model_seed=0, factor_seed=i, result={"task": task, "run_id": task})
     return root
 
 
