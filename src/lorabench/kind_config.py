@@ -41,6 +41,10 @@ def settings(cfg: Any) -> Any:
         from .mixtures.settings import MixtureSettings
 
         return _make(MixtureSettings, cfg.scenario, "mixture")
+    if cfg.kind == "transfer":
+        from .transfer.settings import TransferSettings
+
+        return _make(TransferSettings, cfg.scenario, "transfer")
     if cfg.kind == "segment":
         from .segmentation.settings import SegmentSettings
 
@@ -108,6 +112,8 @@ def resolve(cfg: Any, defaults: dict[str, Any]) -> None:
                               f"reports one of the tasks it trains: add it, or run one of them (in a sweep's variant block a "
                               "list is a grid: write tasks: [[sst2, mrpc]] or tasks: sst2,mrpc)")
         cfg.scenario = made.record()
+    elif cfg.kind == "transfer":
+        _resolve_transfer(cfg, made, defaults)
     elif cfg.kind == "segment":
         _resolve_segment(cfg, made, defaults)
 
@@ -120,6 +126,27 @@ def _check_modality(cfg: Any) -> None:
     if cfg.kind == "segment" and not image:
         raise ConfigError(f"kind segment segments images, task {cfg.task} is text; use --task membrane with "
                           "--data-dir FOLDER (image/ and label/ inside)")
+
+
+def _resolve_transfer(cfg: Any, made: Any, defaults: dict[str, Any]) -> None:
+    """The arms that adapt train LoRA; whole epochs; trans_lora distils into a classification
+    head, organ prompts (head lm) or trains a head (cls); the organ's LoRA takes the organ's size."""
+    from .transfer.settings import SAVES
+
+    _decided(cfg, "variant", "lora", defaults, "the arms that adapt train plain LoRA")
+    if cfg.epochs != int(cfg.epochs) or cfg.epochs < 1:
+        raise ConfigError(f"kind transfer trains whole epochs, got epochs {cfg.epochs}; e.g. --epochs 2")
+    if made.method == "trans_lora" and cfg.head != "cls":
+        raise ConfigError(f"kind transfer method trans_lora distils class distributions: use --head cls, not {cfg.head}")
+    if made.method == "organ":
+        for name in ("r", "alpha"):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(f"kind transfer method organ sets {name} itself (its LoRA arm takes the rank whose "
+                                  f"size is the organ's); drop --{name}")
+    if cfg.save_adapter and made.arm not in SAVES:
+        raise ConfigError(f"kind transfer arm {made.arm} saves nothing (--save-adapter keeps the method's product: "
+                          f"arm {' or '.join(SAVES)}); drop --save-adapter")
+    cfg.scenario = made.record()
 
 
 def _resolve_segment(cfg: Any, made: Any, defaults: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-KINDS = ("run", "federated", "prune", "recycle", "segment", "merge", "mixture")
+KINDS = ("run", "federated", "prune", "recycle", "segment", "merge", "mixture", "transfer")
 
 _ONE_PROCESS = "the scenario runs in one process; drop it"
 _NO_TRAINING = "a merge trains nothing; drop it"
@@ -104,6 +104,22 @@ REFUSES: dict[str, dict[str, str]] = {
         "grad_checkpointing": "not wired into the mixture loop; drop it",
         "save_adapter": "a mixture's experts and routers are not saved yet; drop it",
     },
+    "transfer": {
+        "regularizer": "not a transfer setting", "num_processes": _ONE_PROCESS,
+        "quantize": "the transfer arms keep full-precision weights; drop it",
+        "memory_budget": "the transfer loop has no memory planner; drop it",
+        "grad_checkpointing": "not wired into the transfer loop; drop it",
+        "targets": "trans_lora adapts the variant's default layers, organ's LoRA every linear layer",
+        "options": "the arms train plain LoRA", "pooling": "the models pool as they load",
+        "model_dropout": "the models keep their own dropout",
+        "data": "the task is a GLUE task given as --task", "text_column": "give the task as --task",
+        "label_column": "give the task as --task", "data_revision": "the arms read GLUE folders",
+        "trust_remote_code": "the arms load lorabench's models", "grad_accum": "one batch per step; set --batch-size",
+        "group_by_length": "batches keep the seeded order", "eval_batch_size": "the arms evaluate in --batch-size",
+        "val_size": "no split is held out (the arm's last epoch is reported); drop it",
+        "eval_every": "the dev split is evaluated once, after the arm's last epoch; drop it",
+        "log_every": "the loss is recorded at the first and last step; drop it",
+    },
 }
 
 
@@ -138,6 +154,15 @@ def label(config: dict) -> str:
         density = f"@{s['density']:g}" if s.get("density") is not None else ""
         k = f" k{s['k']}" if s.get("k") is not None else ""
         return f"merge:{s.get('method')}{density}{k}" + (" weighted" if s.get("weights") else "")
+    if kind == "transfer":
+        arm, method = s.get("arm"), s.get("method")
+        if method == "organ":
+            where = f"@{s['position']}" if arm == "organ" else f" {arm}"
+            block = f" ({s['organ_layers']})" if s.get("organ_layers") else ""
+            return f"transfer:organ{where}{block}"
+        source = f" from {s['source']}" + (f"-{s['source_layers']}L" if s.get("source_layers") else "") \
+            if s.get("source") else ""
+        return f"transfer:{method}" + (f" {arm}" if arm != method else "") + source
     if kind == "segment":
         from .segmentation.settings import label as segment_label
 

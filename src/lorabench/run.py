@@ -24,13 +24,24 @@ import signal
 import sys
 import traceback
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import distributed, forgetting, fourbit, inject, plugins, quant, regularizers, results, trackers
+from . import (
+    distributed,
+    forgetting,
+    fourbit,
+    inject,
+    models,
+    plugins,
+    quant,
+    regularizers,
+    results,
+    trackers,
+)
 from .adapter_files import folder_bytes
 from .checkpoint import save_adapter
 from .config import RunConfig, load_yaml
@@ -45,10 +56,10 @@ from .merging import recipe as merge_recipe
 from .merging import recycle as recycle_recipe
 from .mixtures import recipe as mixture_recipe
 from .outputs import check_output_folder
-from . import models
 from .pruning import recipe as prune_recipe
 from .segmentation import recipe as segment_recipe
 from .train import TrainState, first_batches, fit, set_seed
+from .transfer import recipe as transfer_recipe
 
 
 def load_base(cfg: RunConfig):
@@ -191,7 +202,7 @@ def finish(path: Path, result: dict[str, Any], error: BaseException | None, writ
 #: kind -> its recipe: ``run(cfg, result, progress=...)`` fills the result envelope in place.
 RECIPES = {"federated": federated_recipe.run, "prune": prune_recipe.run, "recycle": recycle_recipe.run,
            "segment": segment_recipe.run, "merge": merge_recipe.run,
-           "mixture": mixture_recipe.run}
+           "mixture": mixture_recipe.run, "transfer": transfer_recipe.run}
 
 
 def execute_scenario(cfg: RunConfig, rid: str, data: dict, path: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -26,7 +26,13 @@ from ..seeding import linear_warmup_decay, set_seed
 from ..training.evaluate import evaluate as evaluate_on
 from ..training.guard import DivergenceGuard
 from ..training.meter import Meter
-from ..training.placement import autocast_dtype, device_of, grad_scaler, placement, to_device
+from ..training.placement import (
+    autocast_dtype,
+    device_of,
+    grad_scaler,
+    placement,
+    to_device,
+)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -137,8 +143,16 @@ def logits_of(model: nn.Module, batches: Iterable[Batch], precision: str = "fp32
 def evaluate(model: nn.Module, loaders: dict, task, precision: str = "fp32") -> dict[str, dict[str, float]]:
     """{split: {metric: value}} of ``model`` on each dev loader (``training.evaluate`` on the model's
     device, in eval mode, under ``precision``'s autocast: the arm's own)."""
+    return timed_evaluate(model, loaders, task, precision)[0]
+
+
+def timed_evaluate(model: nn.Module, loaders: dict, task, precision: str = "fp32") -> tuple[dict, float]:
+    """(``evaluate``'s metrics, its wall seconds: the meter's evaluation clock, the device synchronised)."""
     device = device_of(model)
-    return evaluate_on(model, loaders, task, device, autocast_dtype(precision, device))
+    meter = Meter(device)
+    with meter, meter.evaluating():
+        metrics = evaluate_on(model, loaders, task, device, autocast_dtype(precision, device))
+    return metrics, meter.time()["eval_s"]
 
 
 def head_module(model: nn.Module) -> nn.Module:

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..training.placement import device_of, placement, to_device
 from . import loop
 from . import organ as organs
-from .registry import Method, check_positive, opt, register
+from .registry import Method, check_arms, check_positive, check_training, opt, register
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -47,6 +47,9 @@ def parse_range(text: str) -> tuple[int, int]:
         raise ConfigError(f"--organ-layers {text!r} is not START:END; e.g. --organ-layers 13:16 for layers 13-15") \
             from None
     return a, b
+
+#: The arms: the organ at each position, LoRA of the organ's size, the recipient alone.
+ARMS = ("organ", "lora", "no_adapter")
 
 
 @register("organ")
@@ -69,6 +72,10 @@ class OrganTransplant(Method):
         max_length: int = opt(64, "tokens per example at most")
         train_limit: int | None = opt(500, "real training examples (a seeded random subset)")
         eval_limit: int | None = opt(300, "dev examples per split (a fixed random subset)")
+        weight_decay: float = opt(0.0, "AdamW decoupled weight decay of every arm")
+        warmup_ratio: float = opt(0.06, "fraction of each arm's steps of linear warmup (then linear decay to 0)")
+        max_grad_norm: float = opt(1.0, "clip each arm's gradient norm (0 = off)")
+        arms: list[str] = field(default_factory=list, metadata={"help": f"the arms to run, of {', '.join(ARMS)} (unset: all; organ: one per position)"})
         data_dir: str | None = opt(None, "GLUE folder (unset: as lorabench train finds it)")
         seed: int = opt(0, "seeds the data order, the head and adapter inits and the generator")
         precision: str = opt("fp32", "autocast of every training and evaluation forward: fp32, bf16, fp16 "
@@ -89,6 +96,8 @@ class OrganTransplant(Method):
             for flag in ("layers", "train_limit", "eval_limit"):
                 if getattr(self, flag) is not None:
                     check_positive(getattr(self, flag), f"--{flag.replace('_', '-')}")
+            check_arms(self.arms, ARMS)
+            check_training(self)
             if self.organ_layers is not None:
                 parse_range(self.organ_layers)
             if len(set(self.positions)) != len(self.positions):
@@ -110,7 +119,7 @@ class OrganTransplant(Method):
         model, tok = fresh()
         n = len(organs.decoder_layers(model))
         start, end = parse_range(opts.organ_layers) if opts.organ_layers else (n // 2 - 1, min(n, n // 2 + 2))
-        organs.extract(model, start, end)  # range checked before any compute
+        organ_size = organs.extract(model, start, end).numel()  # the range checked before any compute
         positions = opts.positions or sorted({1 if n > 1 else 0, n // 2, n})
         for p in positions:
             organs.check_position(model, p)
@@ -119,13 +128,18 @@ class OrganTransplant(Method):
                                           batch_size=opts.batch_size, train_limit=opts.train_limit,
                                           eval_limit=opts.eval_limit, seed=opts.seed, format_fn=fmt, progress=progress)
         probe = next(iter(next(iter(dev.values()))))
-        model.to(placement(opts.precision)[0])  # evaluated where the trained arms are (the GPU when there is one)
-        arms: dict[str, dict] = {"no_adapter": {"status": "ok", "error": None, "train": None, "trainable": 0,
-                                                "dev": loop.evaluate(model, dev, spec, opts.precision)}}
+        want = set(opts.arms or ARMS)
+        arms: dict[str, dict] = {}
+        if "no_adapter" in want:
+            model.to(placement(opts.precision)[0])  # evaluated where the trained arms are (the GPU when there is one)
+            metrics, eval_s = loop.timed_evaluate(model, dev, spec, opts.precision)
+            arms["no_adapter"] = {"status": "ok", "error": None, "train": None, "trainable": 0,
+                                  "total": inject.count_parameters(model)[1], "dev": metrics, "eval_s": eval_s}
 
         def train(m, groups, lr, desc):
             return loop.train(m, loop.epochs_of(train_loader), groups, lr=lr, epochs=opts.epochs, seed=opts.seed,
-                              progress=progress, desc=desc, precision=opts.precision)
+                              progress=progress, desc=desc, precision=opts.precision, weight_decay=opts.weight_decay,
+                              warmup_ratio=opts.warmup_ratio, max_grad_norm=opts.max_grad_norm)
 
         def failed(stats, **more) -> dict | None:  # a diverged arm: its status and error, no dev metric, no file
             if stats["status"] == "ok":
@@ -140,15 +154,14 @@ class OrganTransplant(Method):
                 p.requires_grad_(True)
             return [{"params": list(head.parameters())}]
 
-        organ_size = 0
-        for p in positions:
+        for p in positions if "organ" in want else []:
             model, _ = fresh()
             donor = organs.extract(model, start, end)
             organs.insert(model, donor, p)
-            organ_size = donor.numel()
             groups = [{"params": donor.parameters()}] + head_groups(model)
             stats = train(model, groups, opts.lr, f"organ {start}:{end} at {p}")
-            if (bad := failed(stats, trainable=organ_size, position=p)) is not None:
+            total = inject.count_parameters(model)[1]
+            if (bad := failed(stats, trainable=organ_size, total=total, position=p)) is not None:
                 arms[f"organ@{p}"] = bad
                 continue
             folder = organs.save(donor, out / f"organ-at-{p}")
@@ -163,22 +176,28 @@ class OrganTransplant(Method):
                     loop.head_module(again).load_state_dict(loop.head_module(model).state_dict())
                 diff = float((again(**loop.inputs(to_device(probe, device))).logits - before).abs().max())
                 del again
-            arms[f"organ@{p}"] = {"status": "ok", "error": None, "dev": loop.evaluate(model, dev, spec, opts.precision),
-                                  "train": stats, "trainable": organ_size, "position": p, "file": str(folder),
-                                  "reload_max_abs_diff": diff}
+            metrics, eval_s = loop.timed_evaluate(model, dev, spec, opts.precision)
+            arms[f"organ@{p}"] = {"status": "ok", "error": None, "dev": metrics, "eval_s": eval_s, "train": stats, "trainable": organ_size, "total": total, "position": p,
+                                  "file": str(folder), "reload_max_abs_diff": diff}
 
         rank = matched_rank(fresh()[0], organ_size)
-        model, _ = fresh()
-        inject.apply(model, "lora", "all-linear", r=rank, alpha=2.0 * rank)
-        stats = train(model, inject.param_groups(model, opts.lora_lr), opts.lora_lr, f"lora r={rank}")
-        arms[f"lora_r{rank}"] = failed(stats, rank=rank, trainable=inject.count_parameters(model)[0]) or {
-            "status": "ok", "error": None, "dev": loop.evaluate(model, dev, spec, opts.precision), "train": stats,
-            "rank": rank, "trainable": inject.count_parameters(model)[0]}
+        counts = {"organ_parameters": organ_size, "lora_rank": rank}
+        if "lora" in want:
+            model, _ = fresh()
+            inject.apply(model, "lora", "all-linear", r=rank, alpha=2.0 * rank)
+            groups = inject.param_groups(model, opts.lora_lr, opts.weight_decay)
+            stats = train(model, groups, opts.lora_lr, f"lora r={rank}")
+            trainable, total = inject.count_parameters(model)
+            arms[f"lora_r{rank}"] = failed(stats, rank=rank, trainable=trainable, total=total)
+            if arms[f"lora_r{rank}"] is None:
+                metrics, eval_s = loop.timed_evaluate(model, dev, spec, opts.precision)
+                arms[f"lora_r{rank}"] = {"status": "ok", "error": None, "dev": metrics, "eval_s": eval_s,
+                                         "train": stats, "rank": rank, "trainable": trainable, "total": total}
+            counts["lora_parameters"] = trainable
         return {"method": cls.name, "task": spec.name, "primary_metric": spec.primary_metric,
                 "source": {"model": opts.model, "layers": opts.layers, "organ_layers": [start, end]},
                 "target": {"model": opts.model, "layers": opts.layers, "positions": positions, "recipient_layers": n},
-                "options": asdict(opts), "counts": {"organ_parameters": organ_size, "lora_rank": rank,
-                                                    "lora_parameters": arms[f"lora_r{rank}"]["trainable"]},
+                "options": asdict(opts), "counts": counts,
                 "arms": arms, "arm_notes": {"no_adapter": "the recipient alone (head lm: zero-shot prompt)",
                                             "organ@P": "organ inserted before layer P, trained alone",
                                             f"lora_r{rank}": "LoRA at the rank closest to the organ's size"}}

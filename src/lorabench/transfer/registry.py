@@ -10,6 +10,7 @@ module, never the package face (``transfer/__init__.py`` imports every method fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +51,24 @@ def check_positive(value: Any, flag: str) -> None:
     """A positive integer (not a bool) or a ConfigError naming ``flag``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def check_arms(arms: list[str], known: tuple[str, ...]) -> None:
+    """Every name in ``arms`` is one of ``known``, each once, or a ConfigError naming them."""
+    bad = [a for a in arms if a not in known]
+    if bad or len(set(arms)) != len(arms):
+        raise ConfigError(f"--arms {' '.join(arms)}: give each arm once, of {', '.join(known)}")
+
+
+def check_training(opts: Any) -> None:
+    """The optimisation settings every method's Options has: weight decay >= 0, warmup in [0, 1),
+    a gradient-norm clip >= 0 (0 = off)."""
+    if not (opts.weight_decay >= 0 and math.isfinite(opts.weight_decay)):
+        raise ConfigError(f"--weight-decay must be a number >= 0, got {opts.weight_decay!r}")
+    if not 0 <= opts.warmup_ratio < 1:
+        raise ConfigError(f"--warmup-ratio must be in [0, 1), got {opts.warmup_ratio!r}")
+    if not (opts.max_grad_norm >= 0 and math.isfinite(opts.max_grad_norm)):
+        raise ConfigError(f"--max-grad-norm must be a number >= 0 (0 = off), got {opts.max_grad_norm!r}")
 
 
 def opt(default: Any, help: str) -> Any:

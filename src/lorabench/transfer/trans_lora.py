@@ -34,7 +34,7 @@ stayed at chance. Head ``cls`` only (classification and regression tasks).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,8 +48,20 @@ from ..training.placement import device_of, to_device
 from . import loop
 from .discriminator import cross_fit_scores, head_features, keep_top, keep_top_per_class
 from .distill import distill_step, text_batches
-from .registry import Method, check_fraction, check_positive, opt, register
+from .registry import (
+    Method,
+    check_arms,
+    check_fraction,
+    check_positive,
+    check_training,
+    opt,
+    register,
+)
 from .synthetic import Generation, generate
+
+#: The arms, in the order they run (``ARM_NOTES`` says what each is).
+ARMS = ("source", "trans_lora", "random_keep", "unfiltered", "direct", "no_adapter")
+DISTILLED = ("trans_lora", "random_keep", "unfiltered")
 
 
 @register("trans_lora")
@@ -86,6 +98,11 @@ class TransLoRA(Method):
         max_length: int = opt(64, "tokens per example at most")
         train_limit: int | None = opt(500, "real training examples of the source LoRA and the direct arm")
         eval_limit: int | None = opt(300, "dev examples per split")
+        weight_decay: float = opt(0.0, "AdamW decoupled weight decay of every arm")
+        warmup_ratio: float = opt(0.06, "fraction of each arm's steps of linear warmup (then linear decay to 0)")
+        max_grad_norm: float = opt(1.0, "clip each arm's gradient norm (0 = off)")
+        arms: list[str] = field(default_factory=list, metadata={"help": f"the arms to run, of {', '.join(ARMS)} (unset: all; the distilled arms "
+                                  "train the source too)"})
         data_dir: str | None = opt(None, "GLUE folder (unset: as lorabench train finds it)")
         seed: int = opt(0, "seeds the data order, the heads, the adapters and the generator")
         precision: str = opt("fp32", "autocast of every training and evaluation forward: fp32, bf16, fp16 "
@@ -108,6 +125,8 @@ class TransLoRA(Method):
                                   f"{spec.display}: the seeds are drawn stratified over every class, so the "
                                   "generator and the discriminator see each; pass --seeds "
                                   f"{spec.num_labels} or more (paper: 5)")
+            check_arms(self.arms, ARMS)
+            check_training(self)
             check_fraction(self.keep, "--keep")
             if self.keep_per not in ("class", "all"):
                 raise ConfigError(f"--keep-per must be 'class' or 'all', got {self.keep_per!r}")
@@ -123,8 +142,10 @@ class TransLoRA(Method):
     @classmethod
     def run(cls, opts: TransLoRA.Options, out: Path, *, progress: bool = True) -> dict:
         spec = get_task(opts.task)
+        want = set(opts.arms or ARMS)
+        distilled = [a for a in DISTILLED if a in want]
         # ---- everything that can fail cheaply, before any model loads
-        for name in (opts.source, opts.target, opts.generator):
+        for name in ({opts.source, opts.generator} if distilled else set()) | {opts.target}:
             models.resolve_model(name)
         data = resolve_source(opts.data_dir, task=spec)
         seeds = stratified_subset(data.load(spec, "train"), opts.seeds, opts.seed)  # every class among the seeds
@@ -134,6 +155,9 @@ class TransLoRA(Method):
             inject.apply(model, "lora", None, r=opts.r, alpha=opts.alpha)
             return model
 
+        def groups(model):  # every LoRA arm: its variant's parameter groups at the run's lr and weight decay
+            return inject.param_groups(model, opts.lr, opts.weight_decay)
+
         def loaders(tokenizer):
             return build_loaders(spec, tokenizer, data_dir=opts.data_dir, train_limit=opts.train_limit,
                                  eval_limit=opts.eval_limit, seed=opts.seed, progress=progress, **common)
@@ -141,80 +165,84 @@ class TransLoRA(Method):
         arms: dict[str, dict] = {}
 
         def record(arm, model, dev, stats):  # a diverged arm has no dev metric (null), only its status and error
-            ok = stats["status"] == "ok"
-            arms[arm] = {"status": stats["status"], "error": stats["error"],
-                         "dev": loop.evaluate(model, dev, spec, opts.precision) if ok else None, "train": stats,
-                         "trainable": inject.count_parameters(model)[0]}
+            trainable, total = inject.count_parameters(model)
+            metrics, eval_s = loop.timed_evaluate(model, dev, spec, opts.precision) if stats["status"] == "ok" \
+                else (None, 0.0)
+            arms[arm] = {"status": stats["status"], "error": stats["error"], "dev": metrics, "eval_s": eval_s,
+                         "train": stats, "trainable": trainable, "total": total}
 
         def train(model, batches, groups, lr, epochs, desc, **kw):
             return loop.train(model, batches, groups, lr=lr, epochs=epochs, seed=opts.seed, progress=progress,
-                              desc=desc, precision=opts.precision, **kw)
+                              desc=desc, precision=opts.precision, weight_decay=opts.weight_decay,
+                              warmup_ratio=opts.warmup_ratio, max_grad_norm=opts.max_grad_norm, **kw)
 
-        # ---- 1. the source LoRA on the real data (the teacher)
-        loop.set_seed(opts.seed)
-        source, source_tok = models.load_model(opts.source, spec, layers=opts.source_layers)
-        lora(source)
-        train_s, dev_s = loaders(source_tok)
-        stats = train(source, loop.epochs_of(train_s), inject.param_groups(source, opts.lr), opts.lr, opts.epochs,
-                      "source lora")
-        record("source", source, dev_s, stats)
-        teacher_error = stats["error"]  # a diverged teacher has nothing to transfer: its students are skipped
-
-        if teacher_error is None:  # ---- 2. and 3.: the synthetic inputs and the filter
-            synth, sampled, scores, teacher, kept = cls.synthesize(opts, spec, seeds, source, source_tok, progress)
-        else:  # a diverged teacher has nothing to transfer (and its NaN features would break the filter)
-            synth, sampled, scores, teacher, kept = [], 0, torch.empty(0), torch.empty(0, spec.num_labels), []
-        del source
+        teacher_error, synth, sampled, scores, teacher, kept = None, [], 0, torch.empty(0), None, []
+        if "source" in want or distilled:  # ---- 1. the source LoRA on the real data (the teacher)
+            loop.set_seed(opts.seed)
+            source, source_tok = models.load_model(opts.source, spec, layers=opts.source_layers)
+            lora(source)
+            train_s, dev_s = loaders(source_tok)
+            stats = train(source, loop.epochs_of(train_s), groups(source), opts.lr,
+                          opts.epochs, "source lora")
+            record("source", source, dev_s, stats)
+            teacher_error = stats["error"]  # a diverged teacher has nothing to transfer: its students are skipped
+            if teacher_error is None and distilled:  # ---- 2. and 3.: the synthetic inputs and the filter
+                synth, sampled, scores, teacher, kept = cls.synthesize(opts, spec, seeds, source, source_tok, progress)
+            del source
 
         # ---- 4. target arms
         def target():
             loop.set_seed(opts.seed)  # every arm starts from the same head initialisation
             return models.load_model(opts.target, spec, layers=opts.target_layers)
 
-        model, target_tok = target()
+        _, target_tok = target()
         train_t, dev_t = loaders(target_tok)
         loss = distill_step(opts.temperature, spec.is_regression)
-        random_rows = subset(list(range(len(synth))), len(kept), opts.seed)  # the seeded draw of data.subset
-        for arm, rows in (("trans_lora", kept), ("random_keep", random_rows), ("unfiltered", list(range(len(synth))))):
+        rows_of = {"trans_lora": kept, "random_keep": subset(list(range(len(synth))), len(kept), opts.seed),
+                   "unfiltered": list(range(len(synth)))}  # random_keep: the seeded draw of data.subset
+        for arm in distilled:
             if teacher_error is not None:
                 arms[arm] = {"status": "skipped", "error": "not trained: its teacher (arm source) diverged",
-                             "dev": None, "train": None, "trainable": 0}
+                             "dev": None, "train": None, "trainable": 0, "total": 0}
                 continue
-            if arm != "trans_lora":
-                model, _ = target()
-            lora(model)
+            model = lora(target()[0])
+            rows = rows_of[arm]
             batches = text_batches([synth[i] for i in rows], target_tok, spec, extra=teacher[rows], seed=opts.seed,
                                    **common)
-            stats = train(model, batches, inject.param_groups(model, opts.lr), opts.lr, opts.distill_epochs, arm,
+            stats = train(model, batches, groups(model), opts.lr, opts.distill_epochs, arm,
                           loss_fn=loss)
             record(arm, model, dev_t, stats)
             if arm == "trans_lora" and stats["status"] == "ok":
                 save_adapter(model, out / "target-adapter")
 
-        model, _ = target()
-        lora(model)
-        stats = train(model, loop.epochs_of(train_t), inject.param_groups(model, opts.lr), opts.lr, opts.epochs,
-                      "direct")
-        record("direct", model, dev_t, stats)
+        if "direct" in want:
+            model = lora(target()[0])
+            stats = train(model, loop.epochs_of(train_t), groups(model), opts.lr, opts.epochs,
+                          "direct")
+            record("direct", model, dev_t, stats)
 
-        model, _ = target()
-        stats = train(model, text_batches(seeds, target_tok, spec, seed=opts.seed, **common), loop.head_only(model),
-                      opts.head_lr, opts.head_epochs, "head on seeds")
-        record("no_adapter", model, dev_t, stats)
+        if "no_adapter" in want:
+            model, _ = target()
+            stats = train(model, text_batches(seeds, target_tok, spec, seed=opts.seed, **common), loop.head_only(model),
+                          opts.head_lr, opts.head_epochs, "head on seeds")
+            record("no_adapter", model, dev_t, stats)
 
-        kept_set = set(kept)
-        results.write_json_atomic(out / "synthetic.json", {
-            "seeds": [asdict(s) for s in seeds],
-            "synthetic": [{"text_a": s.text_a, "text_b": s.text_b, "p_real": round(float(p), 6), "kept": i in kept_set,
-                           "teacher": [round(float(v), 6) for v in teacher[i]]}
-                          for i, (s, p) in enumerate(zip(synth, scores))]})
+        if synth:
+            kept_set = set(kept)
+            results.write_json_atomic(out / "synthetic.json", {
+                "seeds": [asdict(s) for s in seeds],
+                "synthetic": [{"text_a": s.text_a, "text_b": s.text_b, "p_real": round(float(p), 6),
+                               "kept": i in kept_set, "teacher": [round(float(v), 6) for v in teacher[i]]}
+                              for i, (s, p) in enumerate(zip(synth, scores))]})
+        counts = {"seeds": len(seeds)} if want & {"no_adapter", *DISTILLED} else {}
+        if distilled:
+            counts |= {"sampled": sampled, "generated": len(synth), "kept": len(kept),
+                       **({} if spec.is_regression or teacher is None else class_mix(teacher, kept))}
         return {"method": cls.name, "task": spec.name, "primary_metric": spec.primary_metric,
                 "source": {"model": opts.source, "layers": opts.source_layers},
                 "target": {"model": opts.target, "layers": opts.target_layers},
-                "generator": opts.generator, "options": asdict(opts),
-                "counts": {"seeds": len(seeds), "sampled": sampled, "generated": len(synth), "kept": len(kept),
-                           **({} if spec.is_regression else class_mix(teacher, kept))},
-                "arms": arms, "arm_notes": ARM_NOTES}
+                "generator": opts.generator, "options": asdict(opts), "counts": counts,
+                "arms": {a: arms[a] for a in ARMS if a in arms}, "arm_notes": ARM_NOTES}
 
     @staticmethod
     def synthesize(opts: TransLoRA.Options, spec, seeds: list, source, source_tok, progress: bool) -> tuple:
