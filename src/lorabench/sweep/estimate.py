@@ -79,7 +79,7 @@ def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: boo
             rate *= alias.layers / cfg.layers
         if _cuda() if gpu is None else gpu:
             rate *= ASSUMED_GPU_SPEEDUP
-    trained, evals = scenario_work(cfg)
+    trained, evals = scenario_work(cfg, train_n)
     if trained is None:
         steps = train_n * cfg.epochs / (cfg.batch_size * cfg.grad_accum)
         trained = train_n * cfg.epochs
@@ -88,17 +88,29 @@ def estimate_seconds(cfg: Any, rates: dict[tuple, float] | None = None, gpu: boo
     return load_s + trained / rate + evals * dev_n / (EVAL_SPEEDUP * rate)
 
 
-def scenario_work(cfg: Any) -> tuple[float | None, float]:
+def scenario_work(cfg: Any, train_n: float = 0.0) -> tuple[float | None, float]:
     """(training examples, dev evaluations) of a scenario kind whose work is not the run's epochs
     over its training set; (None, 0) where it is. merge: nothing trains, three evaluations (merged,
     own, no adapter); recycle: ``steps`` batches of at most N examples (best_single: per pool
-    adapter, counted as five), one evaluation."""
+    adapter, counted as five), one evaluation; transfer: a distilled arm trains its teacher on the
+    real data, writes ``synthetic`` inputs (one forward per new token: counted as ``max_new_tokens`` / 4
+    examples each) and distils on the kept ones, two evaluations; arm no_adapter of trans_lora trains
+    a head on the seeds; organ's no_adapter only evaluates."""
     kind, s = getattr(cfg, "kind", "run"), getattr(cfg, "scenario", None) or {}
     if kind == "merge":
         return 0.0, 3.0
     if kind == "recycle":
         per_arm = s.get("steps", 100) * min(cfg.batch_size, s.get("n_examples", 64))
         return per_arm * (5 if s.get("arm") == "best_single" else 1), 1.0
+    if kind == "transfer":
+        arm, real = s.get("arm"), train_n * cfg.epochs
+        if arm in ("trans_lora", "random_keep", "unfiltered"):
+            n = s.get("synthetic", 512)
+            kept = n * s.get("keep", 0.5) if arm != "unfiltered" else n
+            return real + n * s.get("max_new_tokens", 24) / 4 + kept * s.get("distill_epochs", 10), 2.0
+        if arm == "no_adapter":
+            return float(s.get("seeds", 5) * s.get("head_epochs", 50)) if s.get("method") == "trans_lora" else 0.0, 1.0
+        return real, 1.0
     return None, 0.0
 
 
