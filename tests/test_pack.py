@@ -202,3 +202,18 @@ def test_a_pack_with_dropout_and_bf16_trains_and_is_reproducible(tmp_path):
     assert [r["status"] for r in first] == ["ok", "ok"] and first[0]["env"]["precision"] == "bf16"
     assert [r["train_loss"] for r in first] == [r["train_loss"] for r in again]  # per-run generators: the same draw
     assert torch.nn.functional.dropout is F_DROPOUT  # no torch function was replaced
+
+
+def test_each_run_of_a_pack_logs_its_curve_to_its_tracker(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = [{"variant": "lora", "lr": 1e-3, "seed": 0, "log_with": "tensorboard"},
+            {"variant": "pissa", "lr": 5e-4, "seed": 1, "log_with": "tensorboard"}]
+    packed = execute_pack([config(tmp_path, **m) for m in runs])
+    for result in packed:
+        [folder] = (tmp_path / "tracking" / "tensorboard" / "lorabench").glob(f"*-{result['run_id']}")
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+        assert losses == [(s, pytest.approx(v)) for s, v in result["train_loss"]]  # this run's curve, not its neighbour's
+        assert "eval/validation/accuracy" in acc.Tags()["scalars"]

@@ -6,7 +6,9 @@ time (each step's time divided by the runs that took part in it) and ``time.eval
 the evaluation passes: the sum over a pack's runs is the pack's wall time, so a per-run time in a
 table stays honest (a packed run is cheaper, and says why). A run's result is written the moment
 it leaves the pack (finished or diverged), so a crash or kill loses only the runs still training,
-which a rerun of the sweep trains again.
+which a rerun of the sweep trains again. A run with ``--log-with`` logs its recorded curve (the
+training loss every ``log_every`` steps, each evaluation, the summary) to its trackers when it leaves
+the pack (``trackers.RunTracker.log_record``), not step by step as a run alone does.
 
 ``main`` is the process a sweep starts for a pack:
 ``python -m lorabench.pack [--parent PID] [--progress FILE] CONFIG RUN_ID [CONFIG RUN_ID ...]``.
@@ -24,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import models, results
+from .. import models, results, trackers
 from ..config import RunConfig, load_yaml
 from ..errors import INPUT_ERRORS, ConfigError
 from ..launch import die_with_parent
@@ -74,6 +76,8 @@ def execute_pack(cfgs: list[RunConfig], progress: Callable[[int, int], None] | N
         raise ConfigError("a pack holds the same run twice; plan each run once")
     for c in cfgs:
         results.check_writable(c.out)
+        if c.log_with:
+            trackers.check_installed(c.log_with)  # before compute: the curve is logged when the run leaves the pack
     started = results.now()
     task = None
     shared, tokenizer = load_base(cfgs[0])
@@ -96,6 +100,8 @@ def execute_pack(cfgs: list[RunConfig], progress: Callable[[int, int], None] | N
                                     "wall_s: the pack's training wall time until this run left it"}
         results.write_json_atomic(results.result_path(cfg.out, rid), result)
         written[m.index] = result
+        with trackers.open_run(cfg, rid) as tracker:  # its recorded curve, as a scenario run logs it
+            tracker.log_record(result)
 
     try:
         fit_pack(packed, members, task, on_finish=write, progress=progress)
