@@ -3,14 +3,13 @@ report. Config checks run without compute; the end-to-end tests train 2-layer Mi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lorabench import commands as cli
-from lorabench import results, run, selection, train
+from lorabench import results, run
 from lorabench.config import RunConfig
 from lorabench.errors import ConfigError
 from lorabench.report import build_report
@@ -61,59 +60,7 @@ def test_a_setting_a_kind_cannot_honour_is_refused_before_compute(data, needle):
         RunConfig.from_dict(data)
 
 
-# ---- one guarantee per kind ----------------------------------------------------------------------
-@needs_glue
-@pytest.mark.parametrize("kind", sorted(SCENARIOS))
-def test_every_kind_honours_precision_and_records_time_and_memory(kind, tmp_path, monkeypatch):
-    seen = []
-    real = train.autocast
-
-    def spy(device, dtype):  # train.fit is the step every kind's training goes through
-        seen.append(dtype)
-        return real(device, dtype)
-
-    monkeypatch.setattr(train, "autocast", spy)
-    cfg = RunConfig.from_dict({**TINY, "kind": kind, "scenario": SCENARIOS[kind], "precision": "bf16",
-                               "out": str(tmp_path)})
-    result = run.execute(cfg, progress=False)
-    assert result["status"] == "ok" and result["kind"] == kind and result["method"] == cfg.method()
-    assert seen and all(str(d) == "torch.bfloat16" for d in seen)
-    assert result["time"]["train_s"] > 0 and result["memory"]["peak_rss_bytes"] > 0
-    assert result["params"]["trainable"] > 0 and result["metric"]["reported_on"] == "validation"
-    assert json.loads(results.result_path(tmp_path, result["run_id"]).read_text())["run_id"] == result["run_id"]
-
-
-@needs_glue
-@pytest.mark.parametrize("kind", sorted(SCENARIOS))
-def test_a_diverged_run_of_any_kind_is_recorded_and_never_picked(kind, tmp_path):
-    cfg = RunConfig.from_dict({**TINY, "kind": kind, "scenario": SCENARIOS[kind], "lr": 1e4, "out": str(tmp_path)})
-    with pytest.warns(UserWarning, match="diverged"):
-        result = run.execute(cfg, progress=False)
-    assert result["status"] == "diverged" and "learning rate" in result["error"]
-    runs = selection.load_runs(tmp_path)
-    assert [r.status for r in runs] == ["diverged"] and runs[0].metric is None  # never a number in a table
-    assert not selection.select_best(selection.configurations(runs))
-
-
-@needs_glue
-@pytest.mark.parametrize("kind", ["federated", "prune"])
-def test_a_scenario_kind_logs_its_curve_to_a_tracker(kind, tmp_path):
-    cfg = RunConfig.from_dict({**TINY, "kind": kind, "scenario": SCENARIOS[kind], "log_with": "tensorboard",
-                               "out": str(tmp_path)})
-    result = run.execute(cfg, progress=False)
-    assert result["status"] == "ok"
-    events = list((tmp_path / "tracking" / "tensorboard").rglob("events.out.tfevents.*"))
-    assert events
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for e in events:
-        acc = EventAccumulator(str(e.parent))
-        acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    assert "train/loss" in tags and "eval/validation/accuracy" in tags and "summary/time/train_s" in tags
-
-
+# ---- the guarantees every kind keeps: test_every_kind.py --------------------------------------
 @needs_glue
 def test_a_federated_run_saves_its_global_adapter(tmp_path):
     from lorabench.pack.eval import evaluate_adapters

@@ -65,7 +65,7 @@ def fit(model: nn.Module, epochs: list[Callable[[], Iterable[Batch]]], groups: l
     optimizer = torch.optim.AdamW(groups)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(int(warmup_ratio * steps), steps))
     params = [p for g in groups for p in g["params"]]
-    guard, out, window = DivergenceGuard(), Outcome(), []
+    guard, out, window, last = DivergenceGuard(), Outcome(), [], None
     model.train()
     with meter:
         for epoch, make in enumerate(epochs, 1):
@@ -90,6 +90,7 @@ def fit(model: nn.Module, epochs: list[Callable[[], Iterable[Batch]]], groups: l
                 hooks.on_step(out.steps, steps)
                 losses.append(step_loss.item())
                 window.append(step_loss.item())
+                last = (x, y)
                 dice += [scores(p, t)[0] for p, t in zip(logits.detach() > 0, y.bool())]
                 if out.steps % log_every == 0:
                     out.train_loss.append([out.steps, sum(window) / len(window)])
@@ -99,7 +100,12 @@ def fit(model: nn.Module, epochs: list[Callable[[], Iterable[Batch]]], groups: l
                                 "train_patch_dice": sum(dice) / max(len(dice), 1), "metrics": {}})
             if progress is not None:
                 progress(f"epoch {epoch}/{len(epochs)}: loss {mean:.4f}")
+    if window and out.status == "ok":  # the steps since the last record (all of them when fewer than log_every)
+        out.train_loss.append([out.steps, sum(window) / len(window)])
     why = guard.check_params((n, p) for g in groups for n, p in enumerate(g["params"]))
+    if why is None and last is not None:  # the loss with the trained weights: a last update that blew up shows
+        with torch.no_grad(), autocast(device, amp):
+            why = guard.check_final_loss(seg_loss(loss, model(last[0]), last[1]).item())
     if why is not None:
         out.status, out.error = "diverged", why
     return out
