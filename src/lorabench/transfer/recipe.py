@@ -25,7 +25,9 @@ from typing import Any
 
 from ..adapter_files import folder_bytes
 from ..errors import ConfigError
+from ..measure import peak_memory
 from ..results import TIME_KEYS
+from ..training.placement import placement
 from .registry import get
 from .settings import DISTILLED, TransferSettings
 
@@ -37,6 +39,12 @@ def arm_key(s: TransferSettings, record: dict) -> str:
     if s.method == "organ" and s.arm == "lora":
         return f"lora_r{record['counts']['lora_rank']}"
     return str(s.arm)
+
+
+def device_of_run(cfg: Any):
+    """The device the arm ran on (``training.placement``): an arm that trains nothing reports the
+    process's peak memory there, its evaluation included."""
+    return placement(cfg.precision)[0]
 
 
 def flatten(folder: Path) -> None:
@@ -87,7 +95,8 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
         "train_loss": losses[:1] if steps == 1 else losses,
         "params": {"trainable": arm.get("trainable", 0), "total": arm.get("total", 0)},
         "time": {**result["time"], **{k: time.get(k, 0.0) for k in TIME_KEYS}, "eval_s": arm.get("eval_s", 0.0)},
-        "memory": {**result["memory"], **(stats.get("memory") or {}), "micro_batch_size": cfg.batch_size,
+        "memory": {**result["memory"], **(stats.get("memory") or peak_memory(device_of_run(cfg))),
+                   "micro_batch_size": cfg.batch_size,
                    "grad_accum_steps": 1},
         "adapter_bytes": folder_bytes(keep) if keep is not None and keep.is_dir() else None,
         "details": {"method": s.method, "arm": name, "target": record["target"],

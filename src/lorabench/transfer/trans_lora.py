@@ -28,8 +28,8 @@ paper's one ranking): with five random seeds of one class, the paper's ranking k
 on SST-2 and the student learnt a constant (dev 51.6 against 79.5 unfiltered); the
 distillation matches class distributions with T = 1 (our choice; the paper's tasks are generative
 and match generated tokens). The defaults T = 1, lr 1e-3 and 512 synthetic inputs are the setting
-measured to transfer (MiniLM -> 4-layer MPNet, SST-2, docs/guide/transfer.md); T = 2, lr 5e-4 with 64 kept inputs
-stayed at chance. Head ``cls`` only (classification and regression tasks).
+measured to transfer in a first one-seed run (MiniLM -> 4-layer MPNet, SST-2); T = 2, lr 5e-4 with 64 kept
+inputs stayed at chance. The study with seeds is docs/trans-lora-sst2 (``kind: transfer``, one arm per run). Head ``cls`` only (classification and regression tasks).
 """
 
 from __future__ import annotations
