@@ -282,6 +282,17 @@ def test_a_sweep_with_no_glue_data_anywhere_stops_before_any_run(tmp_path, monke
     assert "no GLUE data found" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_a_sweep_naming_a_model_that_cannot_load_stops_before_any_run(tmp_path, capsys):
+    spec = {"base": TINY, "variants": {"lora": {"lr": [1e-3]},
+                                      "tl": {"kind": "transfer", "scenario": {"method": "trans_lora", "source": str(
+                                          tmp_path / "no-such-model")}}}}
+    path = write(tmp_path, spec)
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"model {tmp_path / 'no-such-model'}: model folder" in err and "does not exist" in err
+    assert not list((tmp_path / "out").glob("run-*.json"))  # no run started, no error results written
+
+
 def test_the_estimate_carries_a_rate_to_another_task_by_tokens():
     from lorabench.config import RunConfig
     from lorabench.data.glue import get_task

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import trackers
+from .. import models, trackers
 from ..choices import BACKENDS
 from ..config import RunConfig
-from ..errors import SweepError
+from ..errors import ModelError, SweepError
 from ..report import best_table_markdown, write_report
 from ..sweep import ray as ray_backend
 from ..sweep.dry_run import print_plan
@@ -145,6 +145,27 @@ def run_and_summarise(sweep: Sweep, args: argparse.Namespace) -> int:
     return 0 if counts.get("ok", 0) + counts.get("pruned", 0) == len(statuses) else 1
 
 
+def model_problems(sweep: Sweep) -> list[str]:
+    """Why some model of the plan cannot load here (an alias whose package is missing, a folder that
+    does not exist), found once per model before any run starts: each run would fail on it and write
+    an error result. A transfer run's source and generator are models too; the segment kind's U-Net is
+    lorabench's own. Resolving an alias unpacks or converts it once, as the first run would."""
+    names = set()
+    for cfg in (r.config for r in sweep.runs):
+        if cfg.kind == "segment":
+            continue
+        names.add(cfg.model)
+        if cfg.kind == "transfer":
+            names |= {cfg.scenario[k] for k in ("source", "generator") if cfg.scenario.get(k)}
+    problems = []
+    for name in sorted(names, key=str):
+        try:
+            models.resolve_model(name)
+        except ModelError as e:
+            problems.append(f"model {name}: {e}")
+    return problems
+
+
 def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
     sweep = sweep or sweep_from_args(args, args.config)
     for note in sweep.notes:
@@ -156,6 +177,7 @@ def cmd_sweep(args: argparse.Namespace, sweep: Sweep | None = None) -> int:
         for problem in problems:
             print(f"note: {problem}", file=sys.stderr)
         return 0
+    problems = problems or model_problems(sweep)
     if problems:  # before any run process starts and fails on it
         raise SweepError(problems[0])
     return run_and_summarise(sweep, args)
