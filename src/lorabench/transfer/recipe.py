@@ -41,12 +41,6 @@ def arm_key(s: TransferSettings, record: dict) -> str:
     return str(s.arm)
 
 
-def device_of_run(cfg: Any):
-    """The device the arm ran on (``training.placement``): an arm that trains nothing reports the
-    process's peak memory there, its evaluation included."""
-    return placement(cfg.precision)[0]
-
-
 def flatten(folder: Path) -> None:
     """Move the product's own folder (``target-adapter/``, ``organ-at-<P>/``) up into ``folder``, so
     ``run-<id>-adapter`` is the adapter (or organ) itself, as every kind's is."""
@@ -95,7 +89,8 @@ def run(cfg: Any, result: dict, *, progress: bool = True) -> None:
         "train_loss": losses[:1] if steps == 1 else losses,
         "params": {"trainable": arm.get("trainable", 0), "total": arm.get("total", 0)},
         "time": {**result["time"], **{k: time.get(k, 0.0) for k in TIME_KEYS}, "eval_s": arm.get("eval_s", 0.0)},
-        "memory": {**result["memory"], **(stats.get("memory") or peak_memory(device_of_run(cfg))),
+        # an arm that trains nothing: the process's peak on the run's device, its evaluation included
+        "memory": {**result["memory"], **(stats.get("memory") or peak_memory(placement(cfg.precision)[0])),
                    "micro_batch_size": cfg.batch_size,
                    "grad_accum_steps": 1},
         "adapter_bytes": folder_bytes(keep) if keep is not None and keep.is_dir() else None,

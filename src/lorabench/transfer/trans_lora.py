@@ -57,11 +57,11 @@ from .registry import (
     opt,
     register,
 )
+from .settings import DISTILLED
 from .synthetic import Generation, generate
 
 #: The arms, in the order they run (``ARM_NOTES`` says what each is).
 ARMS = ("source", "trans_lora", "random_keep", "unfiltered", "direct", "no_adapter")
-DISTILLED = ("trans_lora", "random_keep", "unfiltered")
 
 
 @register("trans_lora")
